@@ -1,0 +1,90 @@
+"""The `mirasol` command. Each subcommand parses its arguments here and hands them to the module
+that owns the work, imported lazily so that `mirasol --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line help)
+COMMANDS = {
+    "synth": ("mirasol.data.synth", "cli_synth", "write the built-in audio-visual dataset (mp4 + manifests)"),
+    "prepare": ("mirasol.data.cache", "cli_prepare", "decode a manifest's clips once into a cache"),
+    "convert": ("mirasol.data.adapters", "cli_convert", "official dataset annotations -> manifest"),
+    "train": ("mirasol.train.loop", "cli_train", "train a model"),
+    "evaluate": ("mirasol.eval.evaluate", "cli_evaluate", "evaluate a trained run on a manifest"),
+    "ask": ("mirasol.ask", "cli_ask", "ask a trained run about a video file"),
+    "quickstart": ("mirasol.quickstart", "cli_quickstart", "synth + train + evaluate on the built-in dataset"),
+    "bench": ("mirasol.bench", "cli_bench", "performance benchmarks"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirasol",
+        description="Mirasol3B: train, evaluate and query an autoregressive audio-video-text model.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synth", help=COMMANDS["synth"][2], description=COMMANDS["synth"][2])
+    p.add_argument("--out", required=True, help="output folder (videos + train/val/test.jsonl)")
+    p.add_argument("--num", type=int, default=None, help="number of clips in all (default: the preset's size)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
+
+    p = sub.add_parser("prepare", help=COMMANDS["prepare"][2], description=COMMANDS["prepare"][2])
+    p.add_argument("--manifest", required=True, nargs="+", help="manifest(s), JSON Lines")
+    p.add_argument("--out", required=True, help="cache folder (resumable; report.json is written there)")
+    p.add_argument("--config", default=None, help="model config YAML or run dir whose media settings to use "
+                   "(default: the tiny preset)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+
+    p = sub.add_parser("convert", help=COMMANDS["convert"][2], description=COMMANDS["convert"][2])
+    p.add_argument("--format", required=True,
+                   choices=["msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave"])
+    p.add_argument("--annotations", required=True, nargs="+", help="the official annotation file(s), unchanged")
+    p.add_argument("--videos", required=True, help="folder holding the downloaded videos")
+    p.add_argument("--out", required=True, help="manifest to write (JSON Lines)")
+
+    p = sub.add_parser("train", help=COMMANDS["train"][2], description=COMMANDS["train"][2])
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--train", required=True, help="training manifest")
+    p.add_argument("--val", default=None, help="validation manifest")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 model.combiner=ttm")
+
+    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][2], description=COMMANDS["evaluate"][2])
+    p.add_argument("--run", required=True, help="run directory of a trained model")
+    p.add_argument("--manifest", required=True, help="manifest to evaluate on")
+    p.add_argument("--out", required=True, help="report JSON to write (predictions.jsonl goes beside it)")
+
+    p = sub.add_parser("ask", help=COMMANDS["ask"][2], description=COMMANDS["ask"][2])
+    p.add_argument("--run", required=True, help="run directory of a trained model")
+    p.add_argument("video", help="video file")
+    p.add_argument("question", nargs="?", default=None, help="question; leave out for a caption")
+    p.add_argument("--start", type=float, default=None, help="start second")
+    p.add_argument("--end", type=float, default=None, help="end second")
+
+    p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][2], description=COMMANDS["quickstart"][2])
+    p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
+
+    p = sub.add_parser("bench", help=COMMANDS["bench"][2], description=COMMANDS["bench"][2])
+    p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")
+    p.add_argument("--out", default=None, help="write results as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module, func, _ = COMMANDS[args.command]
+    handler = getattr(importlib.import_module(module), func)
+    return int(handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -259,10 +259,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "mirasol3b": dict(
         num_chunks=16, frames_per_chunk=8, fps=4.0, image_size=224, n_mels=128,
-        patch_size=16, tubelet_size=2, video_dim=1408, video_layers=24, video_heads=16,
+        patch_size=16, tubelet_size=2, video_dim=1408, video_layers=32, video_heads=16,
         audio_patch_mels=16, audio_patch_frames=20, audio_dim=1024, audio_layers=16, audio_heads=16,
         combiner_tokens=32, combiner_layers=4, ttm_memory_tokens=128, ttm_read_tokens=32,
-        av_dim=1536, av_layers=8, av_heads=16, vocab_size=32000,
-        text_dim=2048, text_layers=24, text_heads=16, max_text_len=512, cross_attn_gate=True,
+        av_dim=1536, av_layers=16, av_heads=16, vocab_size=32000,
+        text_dim=2048, text_layers=22, text_heads=16, max_text_len=512, cross_attn_gate=True,
     ),
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-time set-up, safe to re-run: a virtual environment in .venv with the CPU build of PyTorch
+# (never the CUDA wheels on a machine without a GPU) and this package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+if ! python -c "import torch" 2>/dev/null; then
+    # Pinned: on this project's machines pip finds the local CPU build of exactly this version.
+    # A bare or ranged `torch` would take the newest release with several GB of CUDA wheels.
+    pip install -q "torch==2.13.0"
+fi
+# torch is already satisfied here, so resolving the package's dependencies pulls no other build.
+pip install -q -e ".[dev]"
+python -c "import torch, av, mirasol; print(f'mirasol ready: torch {torch.__version__}, PyAV {av.__version__}')"

@@ -1,0 +1,66 @@
+"""The audio-video autoregressive model: a transformer over the T x m chunk tokens in which a
+token sees every token of its own chunk and of earlier chunks (block-causal), plus the latent
+prediction loss (chunk t predicts chunk t+1's combiner features) and random masking of the
+combiner outputs during training."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mirasol.config import MirasolConfig
+from mirasol.model.layers import Block
+
+
+def block_causal_mask(num_chunks: int, tokens_per_chunk: int, device=None) -> torch.Tensor:
+    """[T*m, T*m] bool, True where query token i may attend to key token j (chunk(j) <= chunk(i))."""
+    chunk = torch.arange(num_chunks * tokens_per_chunk, device=device) // tokens_per_chunk
+    return chunk[:, None] >= chunk[None, :]
+
+
+def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal embedding of integer positions: any number of chunks works."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions.float()[:, None] * freq
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class AVModel(nn.Module):
+    def __init__(self, cfg: MirasolConfig):
+        super().__init__()
+        d, self.m = cfg.av_dim, cfg.combiner_tokens
+        self.mask_ratio = cfg.mask_ratio
+        self.latent_loss_kind = cfg.latent_loss
+        self.token_pos = nn.Parameter(torch.randn(self.m, d) * 0.02)  # position within the chunk
+        self.mask_token = nn.Parameter(torch.zeros(d))
+        self.blocks = nn.ModuleList(Block(d, cfg.av_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.av_layers))
+        self.norm = nn.LayerNorm(d)
+        self.predictor = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: combiner outputs [B, T, m, D] -> latents h [B, T, m, D]."""
+        b, t, m, d = z.shape
+        x = z
+        if self.training and self.mask_ratio > 0:
+            drop = torch.rand(b, t, m, 1, device=z.device) < self.mask_ratio
+            x = torch.where(drop, self.mask_token.to(x.dtype), x)
+        x = x + sinusoidal(torch.arange(t, device=z.device), d)[:, None].to(x.dtype) + self.token_pos
+        x = x.reshape(b, t * m, d)
+        mask = block_causal_mask(t, m, z.device)
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.norm(x).reshape(b, t, m, d)
+
+    def latent_loss(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Predict chunk t+1's combiner features from the latents of chunk t (target detached)."""
+        if h.shape[1] < 2:
+            return h.new_zeros(())
+        pred = self.predictor(h[:, :-1]).float()
+        target = z[:, 1:].detach().float()
+        if self.latent_loss_kind == "cosine":
+            return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
+        return F.mse_loss(pred, target)

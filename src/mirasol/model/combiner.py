@@ -1,0 +1,73 @@
+"""Combiners: fuse one chunk's video and audio tokens into m tokens.
+
+Both take `tokens` [B, T, N, D] (a chunk's video and audio tokens, already projected to D and
+tagged with modality embeddings) and return [B, T, m, D].
+- TransformerCombiner looks at one chunk at a time (chunks folded into the batch).
+- TTMCombiner (Token Turing Machine) carries a memory of k tokens from chunk to chunk; it reads
+  from [memory; chunk] into r tokens, processes them, writes [memory; chunk; processed] back into
+  k memory tokens and emits m tokens. Chunk t only ever sees memory written by chunks < t.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mirasol.config import MirasolConfig
+from mirasol.model.layers import Encoder
+
+
+class TransformerCombiner(nn.Module):
+    def __init__(self, cfg: MirasolConfig):
+        super().__init__()
+        self.m = cfg.combiner_tokens
+        self.queries = nn.Parameter(torch.randn(self.m, cfg.av_dim) * 0.02)
+        self.encoder = Encoder(cfg.av_dim, cfg.av_heads, cfg.combiner_layers, cfg.mlp_ratio, cfg.dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t, n, d = tokens.shape
+        x = tokens.reshape(b * t, n, d)
+        x = torch.cat([x, self.queries.expand(b * t, -1, -1)], dim=1)
+        return self.encoder(x)[:, n:].reshape(b, t, self.m, d)
+
+
+class TokenLearner(nn.Module):
+    """Summarise N tokens into S: S attention maps over the N inputs, each a weighted average."""
+
+    def __init__(self, dim: int, num_out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.score = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, num_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, S, D]
+        weights = self.score(self.norm(x)).softmax(dim=1)  # normalised over the N inputs
+        return torch.einsum("bns,bnd->bsd", weights, x)
+
+
+class TTMCombiner(nn.Module):
+    def __init__(self, cfg: MirasolConfig):
+        super().__init__()
+        d = cfg.av_dim
+        self.memory_init = nn.Parameter(torch.randn(cfg.ttm_memory_tokens, d) * 0.02)
+        # Role embeddings tell the summarisers which tokens are memory, input or processed output.
+        self.role = nn.Parameter(torch.randn(3, d) * 0.02)
+        self.read = TokenLearner(d, cfg.ttm_read_tokens)
+        self.process = Encoder(d, cfg.av_heads, cfg.combiner_layers, cfg.mlp_ratio, cfg.dropout)
+        self.write = TokenLearner(d, cfg.ttm_memory_tokens)
+        self.emit = TokenLearner(d, cfg.combiner_tokens) if cfg.ttm_read_tokens != cfg.combiner_tokens else None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t, _, _ = tokens.shape
+        memory = self.memory_init.expand(b, -1, -1)
+        mem_role, in_role, out_role = self.role
+        outputs = []
+        for i in range(t):
+            chunk = tokens[:, i] + in_role
+            processed = self.process(self.read(torch.cat([memory + mem_role, chunk], dim=1)))
+            outputs.append(processed if self.emit is None else self.emit(processed))
+            memory = self.write(torch.cat([memory + mem_role, chunk, processed + out_role], dim=1))
+        return torch.stack(outputs, dim=1)
+
+
+def build_combiner(cfg: MirasolConfig) -> nn.Module:
+    return TTMCombiner(cfg) if cfg.combiner == "ttm" else TransformerCombiner(cfg)

@@ -1,0 +1,168 @@
+"""Mirasol3B: the whole model, read top to bottom.
+
+    video [B, F, 3, S, S], audio [B, n_mels, A]
+      -> split into T time chunks (chunk t of both covers the same seconds)
+      -> VideoEncoder, AudioEncoder per chunk -> project to av_dim + modality embeddings
+      -> Combiner (m tokens per chunk) -> z [B, T, m, D]
+      -> AVModel (block-causal over chunks) -> latents h [B, T, m, D]
+      -> TextDecoder (causal, cross-attends to h) -> answer tokens
+
+No file I/O here except `save_pretrained` / `from_pretrained`, which only move tensors and the config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mirasol.config import MirasolConfig
+from mirasol.model import generation
+from mirasol.model.av_model import AVModel
+from mirasol.model.combiner import build_combiner
+from mirasol.model.encoders import AudioEncoder, VideoEncoder
+from mirasol.model.text_decoder import TextDecoder
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MirasolOutput:
+    loss: torch.Tensor | None
+    text_loss: torch.Tensor | None
+    latent_loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def split_chunks(video: torch.Tensor, audio: torch.Tensor, cfg: MirasolConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut video [B, F, 3, S, S] and audio [B, n_mels, A] into the same T consecutive time spans:
+    chunk t = frames [t*f, (t+1)*f) and audio frames [t*a, (t+1)*a), i.e. seconds
+    [t*chunk_seconds, (t+1)*chunk_seconds) of both. No stride, no overlap.
+    Returns video [B, T, f, 3, S, S] and audio [B, T, n_mels, a]."""
+    f, a = cfg.frames_per_chunk, cfg.audio_frames_per_chunk
+    b, frames = video.shape[:2]
+    if video.dim() != 5 or video.shape[2:] != (3, cfg.image_size, cfg.image_size):
+        raise ValueError(f"video must be [B, F, 3, {cfg.image_size}, {cfg.image_size}], got {list(video.shape)}")
+    if audio.dim() != 3 or audio.shape[1] != cfg.n_mels:
+        raise ValueError(f"audio must be [B, n_mels={cfg.n_mels}, A], got {list(audio.shape)}")
+    if frames % f:
+        raise ValueError(f"video has {frames} frames, not a multiple of frames_per_chunk={f}")
+    t = frames // f
+    if audio.shape[2] != t * a:
+        raise ValueError(f"audio has {audio.shape[2]} frames but {frames} video frames make {t} chunks, "
+                         f"which need {t} x audio_frames_per_chunk={a} = {t * a} audio frames")
+    video_chunks = video.reshape(b, t, f, *video.shape[2:])
+    audio_chunks = audio.reshape(b, cfg.n_mels, t, a).permute(0, 2, 1, 3)
+    return video_chunks, audio_chunks
+
+
+class Mirasol(nn.Module):
+    def __init__(self, cfg: MirasolConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.video_encoder = VideoEncoder(cfg)
+        self.audio_encoder = AudioEncoder(cfg)
+        self.video_proj = nn.Linear(cfg.video_dim, cfg.av_dim)
+        self.audio_proj = nn.Linear(cfg.audio_dim, cfg.av_dim)
+        self.modality = nn.Parameter(torch.randn(2, cfg.av_dim) * 0.02)  # video, audio
+        self.combiner = build_combiner(cfg)
+        self.av_model = AVModel(cfg)
+        self.text_decoder = TextDecoder(cfg)
+
+    # --- audio-video part -------------------------------------------------------------------
+    def combine(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Encode each chunk independently and fuse it: -> combiner features z [B, T, m, D]."""
+        video_chunks, audio_chunks = split_chunks(video, audio, self.cfg)
+        b, t = video_chunks.shape[:2]
+        v = self.video_proj(self.video_encoder(video_chunks.flatten(0, 1))) + self.modality[0]
+        a = self.audio_proj(self.audio_encoder(audio_chunks.flatten(0, 1))) + self.modality[1]
+        tokens = torch.cat([v, a], dim=1)
+        return self.combiner(tokens.reshape(b, t, *tokens.shape[1:]))
+
+    def encode_media(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """AV latents h [B, T, m, D]; latents of chunk t depend only on chunks <= t."""
+        return self.av_model(self.combine(video, audio))
+
+    # --- training -----------------------------------------------------------------------------
+    def forward(self, video, audio, input_ids, labels=None, attention_mask=None) -> MirasolOutput:
+        """input_ids [B, L] = prompt + answer + EOS (padded with pad_token_id); labels [B, L] equal
+        input_ids on answer positions and IGNORE_INDEX elsewhere (HF-style: shifted here)."""
+        z = self.combine(video, audio)
+        h = self.av_model(z)
+        if attention_mask is None:
+            attention_mask = input_ids != self.cfg.pad_token_id
+        hidden = self.text_decoder(input_ids, memory=h.flatten(1, 2), attention_mask=attention_mask)
+        logits = self.text_decoder.logits(hidden)
+        if labels is None:
+            return MirasolOutput(None, None, None, logits)
+        text_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                    ignore_index=IGNORE_INDEX)
+        latent_loss = self.av_model.latent_loss(h, z) if self.cfg.latent_loss_weight else h.new_zeros(())
+        loss = self.cfg.text_loss_weight * text_loss + self.cfg.latent_loss_weight * latent_loss
+        return MirasolOutput(loss, text_loss, latent_loss, logits)
+
+    # --- inference ----------------------------------------------------------------------------
+    def generate(self, video, audio, prompt_ids, max_new_tokens: int = 16, **kwargs) -> torch.Tensor:
+        """Answer tokens [B, n] (ending in EOS, then padding). kwargs: do_sample, temperature,
+        top_k, top_p, num_beams, length_penalty, use_cache, generator."""
+        with torch.no_grad():
+            memory = self.encode_media(video, audio).flatten(1, 2)
+        return generation.generate(self.text_decoder, memory, prompt_ids, max_new_tokens,
+                                   pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id, **kwargs)
+
+    def score_candidates(self, video, audio, prompt_ids, candidate_ids, **kwargs) -> torch.Tensor:
+        """Log-likelihood [B, C] of each candidate answer (see generation.score_candidates)."""
+        with torch.no_grad():
+            memory = self.encode_media(video, audio).flatten(1, 2)
+        return generation.score_candidates(self.text_decoder, memory, prompt_ids, candidate_ids,
+                                           pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id, **kwargs)
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def num_parameters(self) -> dict[str, int]:
+        """Parameters per part; 'audio_video' is everything before the text decoder."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        parts = {
+            "video_encoder": count(self.video_encoder),
+            "audio_encoder": count(self.audio_encoder),
+            "combiner": count(self.combiner) + count(self.video_proj) + count(self.audio_proj) + self.modality.numel(),
+            "av_model": count(self.av_model),
+            "text_decoder": count(self.text_decoder),
+        }
+        parts["audio_video"] = sum(v for k, v in parts.items() if k != "text_decoder")
+        parts["total"] = count(self)
+        return parts
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config_file = path / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        if isinstance(config.get("model"), dict):  # a run directory's config: keep its other sections
+            config["model"] = self.cfg.to_dict()
+        else:
+            config = self.cfg.to_dict()
+        tmp = path / "config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+        tmp.replace(config_file)
+        save_model(self, str(path / "model.safetensors.tmp"))
+        (path / "model.safetensors.tmp").replace(path / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Mirasol":
+        from safetensors.torch import load_model
+
+        path = Path(path)
+        config_file, weights = path / "config.json", path / "model.safetensors"
+        for needed in (config_file, weights):
+            if not needed.exists():
+                raise FileNotFoundError(f"{needed} not found: {path} is not a saved Mirasol model or run directory")
+        config = json.loads(config_file.read_text())
+        model = cls(MirasolConfig.from_dict(config.get("model", config) if isinstance(config.get("model"), dict) else config))
+        load_model(model, str(weights), device=str(device))
+        return model.to(device).eval()

@@ -1,0 +1,274 @@
+"""Direct tests of the model's heart: chunking, masks, causality, caches, padding, losses."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import media_batch
+from mirasol import Mirasol, MirasolConfig
+from mirasol.model import IGNORE_INDEX, split_chunks
+from mirasol.model.av_model import block_causal_mask
+from mirasol.model.generation import left_pad
+
+COMBINERS = ["transformer", "ttm"]
+
+
+def tiny(**kw):
+    return MirasolConfig.preset("tiny", **kw)
+
+
+def perturb_chunk(cfg, video, audio, t):
+    video, audio = video.clone(), audio.clone()
+    f, a = cfg.frames_per_chunk, cfg.audio_frames_per_chunk
+    video[:, t * f:(t + 1) * f] = torch.rand_like(video[:, t * f:(t + 1) * f])
+    audio[:, :, t * a:(t + 1) * a] += 3.0
+    return video, audio
+
+
+def test_block_causal_mask():
+    mask = block_causal_mask(3, 2)
+    expected = torch.tensor([
+        [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("combiner", COMBINERS)
+@pytest.mark.parametrize("t", [0, 1, 2])
+def test_future_chunks_do_not_change_past_latents(combiner, t):
+    cfg = tiny(combiner=combiner)
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg)
+    v2, a2 = perturb_chunk(cfg, video, audio, t + 1)
+    with torch.no_grad():
+        h, h2 = model.encode_media(video, audio), model.encode_media(v2, a2)
+    assert h.shape == (2, cfg.num_chunks, cfg.combiner_tokens, cfg.av_dim)
+    torch.testing.assert_close(h[:, : t + 1], h2[:, : t + 1], rtol=0, atol=1e-5)
+    assert (h[:, t + 1] - h2[:, t + 1]).abs().max() > 1e-3  # and the change does reach chunk t+1
+
+
+def test_transformer_combiner_is_local_and_ttm_remembers():
+    """The Transformer Combiner sees one chunk; the TTM memory carries chunk 0 into later chunks."""
+    for combiner, later_changes in (("transformer", False), ("ttm", True)):
+        cfg = tiny(combiner=combiner)
+        model = Mirasol(cfg).eval()
+        video, audio = media_batch(cfg)
+        v2, a2 = perturb_chunk(cfg, video, audio, 0)
+        with torch.no_grad():
+            z, z2 = model.combine(video, audio), model.combine(v2, a2)
+        assert (z[:, 0] - z2[:, 0]).abs().max() > 1e-3
+        assert ((z[:, 1:] - z2[:, 1:]).abs().max() > 1e-4) == later_changes, combiner
+
+
+def test_audio_and_video_chunks_cover_the_same_seconds():
+    cfg = tiny(num_chunks=5)
+    # Each frame / audio frame holds its own timestamp, so a chunk's content says which seconds it covers.
+    frame_times = torch.arange(cfg.num_frames) / cfg.fps
+    audio_times = torch.arange(cfg.audio_frames) * cfg.audio_hop_ms / 1000
+    video = frame_times[None, :, None, None, None].expand(1, -1, 3, cfg.image_size, cfg.image_size)
+    audio = audio_times[None, None, :].expand(1, cfg.n_mels, -1)
+    v, a = split_chunks(video, audio, cfg)
+    assert v.shape[1] == a.shape[1] == cfg.num_chunks
+    for t in range(cfg.num_chunks):
+        start, end = t * cfg.chunk_seconds, (t + 1) * cfg.chunk_seconds
+        vt, at = v[0, t, :, 0, 0, 0], a[0, t, 0]
+        assert vt.min() == pytest.approx(start) and at.min() == pytest.approx(start)
+        assert vt.max() < end and at.max() < end
+        # the audio chunk spans the whole chunk, not a strided subset
+        assert at.max() == pytest.approx(end - cfg.audio_hop_ms / 1000)
+
+
+def test_audio_change_in_chunk_t_only_moves_chunk_t_features():
+    cfg = tiny()
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg)
+    a = cfg.audio_frames_per_chunk
+    audio2 = audio.clone()
+    audio2[:, :, 2 * a:3 * a] += 2.0
+    with torch.no_grad():
+        z, z2 = model.combine(video, audio), model.combine(video, audio2)
+    changed = [(z[:, t] - z2[:, t]).abs().max().item() > 1e-4 for t in range(cfg.num_chunks)]
+    assert changed == [False, False, True, False]
+
+
+def test_media_shape_errors_name_the_numbers():
+    cfg = tiny()
+    model = Mirasol(cfg)
+    video, audio = media_batch(cfg)
+    with pytest.raises(ValueError, match="7 frames, not a multiple of frames_per_chunk=2"):
+        model.encode_media(video[:, :7], audio)
+    with pytest.raises(ValueError, match="audio has 390 frames.*need 4 x audio_frames_per_chunk=100 = 400"):
+        model.encode_media(video, audio[:, :, :390])
+
+
+def make_text(cfg, batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompt_lens = [3, 5, 2][:batch]
+    prompts = torch.full((batch, 6), cfg.pad_token_id)
+    for i, n in enumerate(prompt_lens):
+        prompts[i, :n] = torch.randint(4, cfg.vocab_size, (n,), generator=g)
+    return prompts
+
+
+@pytest.mark.parametrize("combiner", COMBINERS)
+def test_cached_generation_equals_uncached(combiner):
+    cfg = tiny(combiner=combiner)
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg, batch=3)
+    prompts = make_text(cfg)
+    fast = model.generate(video, audio, prompts, max_new_tokens=10)
+    slow = model.generate(video, audio, prompts, max_new_tokens=10, use_cache=False)
+    assert fast.shape == (3, 10)
+    assert torch.equal(fast, slow)
+    beam_fast = model.generate(video, audio, prompts, max_new_tokens=6, num_beams=3)
+    beam_slow = model.generate(video, audio, prompts, max_new_tokens=6, num_beams=3, use_cache=False)
+    assert torch.equal(beam_fast, beam_slow)
+
+
+def test_batched_generation_equals_rows_one_at_a_time():
+    cfg = tiny()
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg, batch=3)
+    prompts = make_text(cfg)  # rows of lengths 3, 5, 2, right-padded
+    batched = model.generate(video, audio, prompts, max_new_tokens=8)
+    batched_scores = model.score_candidates(video, audio, prompts, [[[5, 6], [7]]] * 3)
+    for i in range(3):
+        row = prompts[i : i + 1, : int((prompts[i] != 0).sum())]
+        single = model.generate(video[i : i + 1], audio[i : i + 1], row, max_new_tokens=8)
+        assert torch.equal(batched[i, : single.shape[1]], single[0])
+        score = model.score_candidates(video[i : i + 1], audio[i : i + 1], row, [[[5, 6], [7]]])
+        torch.testing.assert_close(batched_scores[i], score[0], atol=1e-4, rtol=1e-4)
+
+
+def test_left_pad_repacks_any_padding():
+    ids, mask = left_pad(torch.tensor([[5, 6, 0, 0], [0, 7, 0, 8]]), pad_id=0)
+    assert ids.tolist() == [[5, 6], [7, 8]] and mask.all()
+    ids, mask = left_pad(torch.tensor([[5, 6, 9], [7, 0, 0]]), pad_id=0)
+    assert ids.tolist() == [[5, 6, 9], [0, 0, 7]] and mask.tolist() == [[True] * 3, [False, False, True]]
+
+
+def test_score_candidates_matches_forward_log_likelihood():
+    cfg = tiny()
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg, batch=1)
+    prompt = torch.tensor([[1, 9, 10, 3]])
+    scores = model.score_candidates(video, audio, prompt, [[[20, 21], [22]]])
+    for c, cand in enumerate([[20, 21], [22]]):
+        ids = torch.tensor([[1, 9, 10, 3, *cand, cfg.eos_token_id]])
+        with torch.no_grad():
+            logp = model(video, audio, ids).logits.log_softmax(-1)
+        expected = sum(logp[0, i - 1, ids[0, i]] for i in range(4, ids.shape[1]))
+        assert scores[0, c].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_sampling_with_top_k_1_is_greedy_and_sampling_is_seeded():
+    cfg = tiny()
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg, batch=2)
+    prompts = make_text(cfg, batch=2)
+    greedy = model.generate(video, audio, prompts, max_new_tokens=6)
+    top1 = model.generate(video, audio, prompts, max_new_tokens=6, do_sample=True, top_k=1)
+    assert torch.equal(greedy, top1)
+    s1 = model.generate(video, audio, prompts, max_new_tokens=6, do_sample=True, temperature=2.0,
+                        top_p=0.9, generator=torch.Generator().manual_seed(1))
+    s2 = model.generate(video, audio, prompts, max_new_tokens=6, do_sample=True, temperature=2.0,
+                        top_p=0.9, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(s1, s2)
+
+
+def test_text_loss_covers_answer_tokens_only():
+    cfg = tiny(latent_loss_weight=0.0)
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg, batch=2)
+    ids = torch.tensor([[1, 9, 10, 3, 20, 21, 2], [1, 11, 3, 22, 2, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, -100, 20, 21, 2], [-100, -100, -100, 22, 2, -100, -100]])
+    out = model(video, audio, ids, labels)
+    logp = out.logits.log_softmax(-1)
+    picks = [(0, 3, 20), (0, 4, 21), (0, 5, 2), (1, 2, 22), (1, 3, 2)]
+    expected = -torch.stack([logp[b, i, tok] for b, i, tok in picks]).mean()
+    assert out.text_loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert out.loss.item() == pytest.approx(out.text_loss.item(), abs=1e-6)
+    # changing prompt-position labels to IGNORE_INDEX everywhere else changes nothing; a wrong answer does
+    labels2 = labels.clone()
+    labels2[0, 4] = 30
+    assert model(video, audio, ids, labels2).text_loss.item() != pytest.approx(out.text_loss.item())
+
+
+@pytest.mark.parametrize("kind", ["mse", "cosine"])
+def test_latent_loss_target_is_detached_and_masking_changes_training_only(kind):
+    cfg = tiny(latent_loss=kind, mask_ratio=0.5, text_loss_weight=0.0)
+    model = Mirasol(cfg)
+    video, audio = media_batch(cfg)
+    z = model.combine(video, audio).detach().requires_grad_()
+    loss = model.av_model.latent_loss(model.av_model(z.detach()), z)
+    assert loss.item() > 0
+    # the target side carries no gradient: it only says where the prediction should go
+    (grad_target,) = torch.autograd.grad(loss, z, allow_unused=True)
+    assert grad_target is None or grad_target.abs().max() == 0
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_media(video, audio), model.encode_media(video, audio))
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model.encode_media(video, audio), model.encode_media(video, audio))
+
+
+def test_gated_cross_attention_starts_closed():
+    cfg = tiny(cross_attn_gate=True)
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg)
+    ids = torch.tensor([[1, 9, 10, 3]] * 2)
+    with torch.no_grad():
+        a = model(video, audio, ids).logits
+        b = model(torch.rand_like(video), audio + 1, ids).logits
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("combiner", COMBINERS)
+def test_tiny_model_overfits_a_fixed_batch(combiner):
+    """Four clips whose answers depend on the media: the model must learn to read them."""
+    torch.manual_seed(0)
+    cfg = tiny(combiner=combiner, mask_ratio=0.0)
+    model = Mirasol(cfg)
+    video, audio = media_batch(cfg, batch=4, seed=3)
+    prompt = [1, 40, 41, 3]  # the same question for every clip: only the media tells answers apart
+    answers = [[50, 51], [52], [53, 54, 55], [56]]
+    seqs = [prompt + a + [cfg.eos_token_id] for a in answers]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for i, s in enumerate(seqs):
+        labels[i, len(prompt) : len(s)] = ids[i, len(prompt) : len(s)]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    first = None
+    for _ in range(150):
+        out = model(video, audio, ids, labels)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else out.text_loss.item()
+    assert out.text_loss.item() < 0.05 * first
+    model.eval()
+    generated = model.generate(video, audio, torch.tensor([prompt] * 4), max_new_tokens=5)
+    for row, answer in zip(generated.tolist(), answers):
+        assert row[: len(answer) + 1] == answer + [cfg.eos_token_id]
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = tiny(combiner="ttm")
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg)
+    ids = torch.tensor([[1, 9, 10, 3, 20]] * 2)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "model.safetensors").exists()
+    loaded = Mirasol.from_pretrained(tmp_path / "m")
+    assert loaded.cfg == cfg
+    with torch.no_grad():
+        torch.testing.assert_close(model(video, audio, ids).logits, loaded(video, audio, ids).logits, rtol=0, atol=0)
+
+
+def test_from_pretrained_names_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        Mirasol.from_pretrained(tmp_path)

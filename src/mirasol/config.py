@@ -201,7 +201,7 @@ class MirasolConfig:
         unknown = [k for k in values if k not in known and k != "num_frames"]
         if unknown:
             key = unknown[0]
-            close = difflib.get_close_matches(key, sorted(known), n=1)
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{key}'{hint} (valid keys: {', '.join(sorted(known))})")
         merged = dataclasses.asdict(base) if base is not None else {}

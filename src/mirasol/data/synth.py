@@ -173,6 +173,19 @@ def _balanced(rng: np.random.Generator, n_values: int, n: int) -> np.ndarray:
     return rng.permutation(order[base])
 
 
+def _balanced_pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shape, pitch) indices for n clips: each marginal balanced (up to rounding) and each of
+    the 9 pairs (the classify labels) equally often (up to rounding), shuffled."""
+    assert len(SHAPES) == len(PITCH_NAMES) == 3
+    i = np.arange(n)
+    # Cycle of period 9 through all pairs, every aligned block of 3 a permutation of both.
+    first, second = i % 3, (i // 3 + i) % 3
+    first = rng.permutation(3)[first]
+    second = rng.permutation(3)[second]
+    order = rng.permutation(n)
+    return first[order], second[order]
+
+
 def plan(num: int, seed: int) -> list[dict[str, Any]]:
     """The latent description of every clip, in clip order (train clips first, then val, test)."""
     if seed < 0:
@@ -181,9 +194,7 @@ def plan(num: int, seed: int) -> list[dict[str, Any]]:
     index = 0
     for split_no, (split, n) in enumerate(split_sizes(num).items()):
         rng = np.random.default_rng([seed, 7919, split_no])
-        # pitch x shape jointly, so that the classify labels are balanced too
-        pitch_shape = _balanced(rng, len(PITCH_NAMES) * len(SHAPES), n)
-        pitch, shape = np.divmod(pitch_shape, len(SHAPES))
+        shape, pitch = _balanced_pairs(rng, n)
         direction = _balanced(rng, len(DIRECTIONS), n)
         n_beeps = _balanced(rng, len(BEEP_COUNTS), n)
         order = _balanced(rng, len(ORDERS), n)
@@ -357,7 +368,10 @@ def _write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, audio: np.
         vstream = container.add_stream("libx264", rate=int(fps))
         vstream.width, vstream.height = int(frames.shape[2]), int(frames.shape[1])
         vstream.pix_fmt = "yuv420p"
-        vstream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        # Single-threaded and without macroblock-tree rate control / lookahead / B-frames: x264's
+        # mbtree otherwise makes the bytes differ between runs (seen with PyAV 18's x264).
+        vstream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "bf": "0",
+                           "x264-params": "mbtree=0:rc-lookahead=0:sync-lookahead=0"}
         vstream.codec_context.thread_count = 1
         astream = None
         if audio is not None:
@@ -416,6 +430,10 @@ def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0
     started = time.perf_counter()
     specs = plan(num, seed)
     tasks = [(spec, str(clips_dir / f"{spec['clip']}.mp4")) for spec in specs]
+    wanted = {Path(path).name for _, path in tasks}
+    for stale in clips_dir.glob("c[0-9][0-9][0-9][0-9][0-9].mp4"):  # from an earlier, larger run
+        if stale.name not in wanted:
+            stale.unlink()
 
     if workers is None:
         workers = min(2, os.cpu_count() or 1)

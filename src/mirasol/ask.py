@@ -1,0 +1,37 @@
+"""`mirasol ask --run RUN VIDEO ["question"]`: decode one file exactly as training did, answer."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from mirasol.data.manifest import Sample, prompt_for
+
+
+def ask(run: str, video: str, question: str | None = None, start: float | None = None,
+        end: float | None = None) -> str:
+    from mirasol.data.clip import load_clip
+    from mirasol.eval.evaluate import load_run
+    from mirasol.eval.predict import predict
+
+    model, tokenizer, stats, _ = load_run(run)
+    clip = load_clip(video, model.cfg, start=start, end=end)
+    task = "qa" if question else "caption"
+    prompt = prompt_for(task, question)
+    sample = Sample(id="ask", video=video, task=task, answer="", question=question)
+    prompt_ids = torch.tensor([tokenizer.encode_prompt(prompt, model.cfg.max_text_len)])
+    [answer] = predict(model, tokenizer, clip.video[None], clip.audio[None], prompt_ids, [sample],
+                       labels=stats.get("labels"))
+    return answer
+
+
+def cli_ask(args) -> int:
+    from mirasol.data.decode import MediaError
+
+    try:
+        print(ask(args.run, args.video, args.question, args.start, args.end))
+    except (MediaError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,40 @@
+"""Turning a batch into answers, the same way for validation, `evaluate` and `ask`:
+- a row with `choices` -> the best-scoring choice;
+- a `classify` row -> the best-scoring label of the closed set (all labels seen in training);
+- otherwise -> greedy decoding until EOS."""
+
+from __future__ import annotations
+
+import torch
+
+from mirasol.data.manifest import Sample
+from mirasol.data.tokenizer import MirasolTokenizer
+from mirasol.model import Mirasol
+
+
+@torch.no_grad()
+def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, audio: torch.Tensor,
+            prompt_ids: torch.Tensor, samples: list[Sample], labels: list[str] | None = None,
+            max_new_tokens: int = 24) -> list[str]:
+    memory = model.encode_media(video, audio).flatten(1, 2)
+    from mirasol.model.generation import generate, score_candidates
+
+    cfg = model.cfg
+    answers: list[str | None] = [None] * len(samples)
+    free = []
+    for i, s in enumerate(samples):
+        options = s.choices or (labels if s.task == "classify" and labels else None)
+        if options:
+            scores = score_candidates(model.text_decoder, memory[i:i + 1], prompt_ids[i:i + 1],
+                                      [tokenizer.encode_candidates(options)], pad_id=cfg.pad_token_id,
+                                      eos_id=cfg.eos_token_id, append_eos=False)
+            answers[i] = options[int(scores[0].argmax())]
+        else:
+            free.append(i)
+    if free:
+        index = torch.tensor(free)
+        out = generate(model.text_decoder, memory[index], prompt_ids[index], max_new_tokens,
+                       pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id)
+        for i, row in zip(free, out.tolist()):
+            answers[i] = tokenizer.decode_answer(row)
+    return answers  # type: ignore[return-value]

@@ -1,0 +1,196 @@
+"""Run configuration: model (MirasolConfig) + training + data settings, from YAML with dotted
+overrides, validated completely before any work starts.
+
+    model:                # a preset and/or any MirasolConfig key
+      preset: tiny
+      combiner: ttm
+    train:
+      lr: 1.0e-3
+    data:
+      workers: 2
+
+Overrides on the command line: `train.lr=3e-4 model.combiner=ttm data.cache=/tmp/cache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mirasol.config import ConfigError, MirasolConfig
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _check_keys(section: str, values: dict, cls) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+            hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{section}.{key}'{hint} (valid: {', '.join(sorted(known))})")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # global batch per optimizer step (split over processes and accumulation)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.98)
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200  # validation every N steps (and at the end); 0 = only at the end
+    eval_samples: int = 200  # validation samples answered by greedy decoding for accuracy
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    plots: bool = True
+
+    def validate(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_steps", "log_every", "keep_checkpoints", "save_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"config key 'train.{key}': must be a positive integer, got {value!r}")
+        for key in ("warmup_steps", "eval_every", "eval_samples", "seed"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"config key 'train.{key}': must be an integer >= 0, got {value!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"config key 'train.batch_size': batch_size={self.batch_size} is not divisible by "
+                              f"grad_accum={self.grad_accum}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"config key 'train.lr': must be > 0, got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"config key 'train.min_lr_ratio': must be in [0, 1], got {self.min_lr_ratio}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"config key 'train.precision': must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("config keys 'train.grad_clip' and 'train.weight_decay' must be >= 0")
+        self.betas = tuple(float(b) for b in self.betas)
+
+
+@dataclass
+class DataConfig:
+    cache: str | None = None  # clip cache folder; default: <train manifest folder>/.mirasol_cache/<media hash>
+    workers: int = 0  # DataLoader worker processes (the cache needs no decoding, so 0 is usually enough)
+    prepare_workers: int | None = None  # decoding processes for `prepare` (default: CPU count)
+    max_text_len: int | None = None  # default: model.max_text_len
+    tokenizer: str | None = None  # an existing tokenizer.json to use instead of training one
+
+    def validate(self) -> None:
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"config key 'data.workers': must be an integer >= 0, got {self.workers!r}")
+        if self.tokenizer is not None and not Path(self.tokenizer).exists():
+            raise ConfigError(f"config key 'data.tokenizer': {self.tokenizer} does not exist")
+
+
+@dataclass
+class RunConfig:
+    model: MirasolConfig = field(default_factory=MirasolConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train),
+                "data": dataclasses.asdict(self.data)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        raw = dict(raw or {})
+        for key in raw:
+            if key not in ("model", "train", "data"):
+                raise ConfigError(f"unknown config section '{key}' (valid: model, train, data)")
+        model_raw = dict(raw.get("model") or {})
+        preset = model_raw.pop("preset", None)
+        model = MirasolConfig.preset(preset, **model_raw) if preset else MirasolConfig.from_dict(model_raw)
+        train_raw = {k: _number(v) for k, v in (raw.get("train") or {}).items()}
+        data_raw = dict(raw.get("data") or {})
+        _check_keys("train", train_raw, TrainConfig)
+        _check_keys("data", data_raw, DataConfig)
+        train, data = TrainConfig(**train_raw), DataConfig(**data_raw)
+        train.validate()
+        data.validate()
+        return cls(model, train, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value (e.g. train.lr=3e-4)")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override '{text}': key must be section.key, e.g. train.lr or model.combiner")
+    return parts, _number(yaml.safe_load(value)) if value.strip() else None
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads '3e-4' as a string; numbers written that way are numbers."""
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A file or run directory as given, else the name of a packaged config (`tiny` -> configs/tiny.yaml)."""
+    path = Path(path)
+    if not path.exists() and (CONFIG_DIR / f"{path.name}.yaml").exists() and len(path.parts) == 1:
+        return CONFIG_DIR / f"{path.name}.yaml"
+    return path
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (or a run directory's config.json) + dotted overrides -> validated RunConfig."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = resolve_config_path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = (json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())) or {}
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path}: not valid YAML/JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping with sections model/train/data")
+        if "model" not in raw and "train" not in raw and "data" not in raw:
+            raw = {"model": raw}  # a bare model config (e.g. a saved model's config.json)
+        for section in ("model", "train", "data"):
+            if raw.get(section) is not None and not isinstance(raw[section], dict):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping")
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        if section not in ("model", "train", "data"):
+            raise ConfigError(f"override '{text}': unknown section '{section}' (valid: model, train, data)")
+        raw.setdefault(section, {})
+        raw[section] = dict(raw[section] or {})
+        raw[section][key] = value
+    try:
+        return RunConfig.from_dict(raw)
+    except TypeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def load_model_config(path: str | Path | None) -> MirasolConfig:
+    """The model/media config of a YAML file or run directory; the tiny preset when None."""
+    if path is None:
+        return MirasolConfig.preset("tiny")
+    return load_run_config(path).model

@@ -1,0 +1,349 @@
+"""`mirasol train`: manifests -> (prepared cache) -> a trained run directory.
+
+Everything is validated before any work: the config, the manifests, the run directory. Then:
+tokenizer (trained on the training text), clip cache (decoding only clips not yet cached),
+AdamW with warm-up + cosine, gradient accumulation and clipping, bf16 autocast where supported,
+periodic validation, metrics.jsonl, atomic checkpoints (resumable bit-for-bit on CPU), plots.
+Several processes: launch with `torchrun --nproc_per_node N -m mirasol.cli train ...`
+(gloo on CPU, NCCL on GPU); each process takes its share of every global batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from mirasol.config import ConfigError
+from mirasol.data.cache import ClipCache, media_settings, prepare, print_report
+from mirasol.data.dataset import ClipDataset, EpochBatches, collate
+from mirasol.data.manifest import read_manifest
+from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
+from mirasol.eval.predict import predict
+from mirasol.data.manifest import normalize_answer
+from mirasol.model import IGNORE_INDEX, Mirasol
+from mirasol.train import checkpoint as ckpt
+from mirasol.train.config import RunConfig, load_run_config
+from mirasol.train.schedule import lr_factor
+
+
+def default_cache_dir(manifest: str | Path, run_cfg: RunConfig) -> Path:
+    digest = hashlib.sha1(json.dumps(media_settings(run_cfg.model), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(manifest).resolve().parent / ".mirasol_cache" / digest
+
+
+def family(sample) -> str:
+    return sample.type or sample.task
+
+
+def train_stats(samples) -> dict:
+    """What evaluation needs from the training set: the closed label set and answer priors."""
+    by_family: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for s in samples:
+        by_family[family(s)][normalize_answer(s.answer)] += 1
+    return {
+        "labels": sorted({s.answer for s in samples if s.task == "classify"}),
+        "answer_prior": {f: c.most_common(1)[0][0] for f, c in by_family.items()},
+        "num_samples": len(samples),
+    }
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _sum(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def _autocast(run_cfg: RunConfig, device: torch.device):
+    precision = run_cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(model, dataset, tokenizer, stats, run_cfg, device, max_samples: int) -> dict:
+    model.eval()
+    n = min(len(dataset), max(max_samples, 1))
+    loss_sum = tokens = correct = 0.0
+    bs = run_cfg.train.batch_size
+    for start in range(0, n, bs):
+        batch = _to(collate([dataset[i] for i in range(start, min(n, start + bs))]), device)
+        with _autocast(run_cfg, device):
+            out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"])
+            count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+            loss_sum += out.text_loss.item() * count
+            tokens += count
+            samples = [dataset.samples[i] for i in batch["index"].tolist()]
+            answers = predict(model, tokenizer, batch["video"], batch["audio"], batch["prompt_ids"], samples,
+                              labels=stats["labels"])
+        correct += sum(normalize_answer(a) == normalize_answer(s.answer) for a, s in zip(answers, samples))
+    model.train()
+    return {"val_text_loss": loss_sum / max(tokens, 1), "val_accuracy": correct / n, "val_samples": n}
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    has_checkpoint = ckpt.latest_checkpoint(out) is not None
+    if resume and not has_checkpoint:
+        raise ConfigError(f"--resume: {out} has no checkpoint to resume from")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"run directory {out} already exists and is not empty; pass --resume to continue it "
+                          "or choose another --out")
+
+
+def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out: str | Path,
+          resume: bool = False, progress: bool = True) -> dict:
+    out = Path(out)
+    rank, world, device = setup_distributed()
+    main = rank == 0
+    tc = run_cfg.train
+    if tc.batch_size % (world * tc.grad_accum):
+        raise ConfigError(f"config key 'train.batch_size': batch_size={tc.batch_size} is not divisible by "
+                          f"processes x grad_accum = {world} x {tc.grad_accum}")
+    # --- everything that can fail cheaply, before any work ---------------------------------
+    train_samples = read_manifest(train_manifest)
+    val_samples = read_manifest(val_manifest) if val_manifest else []
+    _check_run_dir(out, resume)
+    max_len = run_cfg.data.max_text_len or run_cfg.model.max_text_len
+    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg)
+
+    # --- run directory, tokenizer, cache (rank 0 prepares, the others wait) ---------------
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            if run_cfg.data.tokenizer:
+                tokenizer = MirasolTokenizer.load(run_cfg.data.tokenizer)
+            else:
+                tokenizer = MirasolTokenizer.train(tokenizer_texts(train_samples + val_samples),
+                                                   vocab_size=run_cfg.model.vocab_size)
+            if tokenizer.vocab_size > run_cfg.model.vocab_size:
+                raise ConfigError(f"config key 'model.vocab_size': the tokenizer has {tokenizer.vocab_size} tokens, "
+                                  f"more than model.vocab_size={run_cfg.model.vocab_size}")
+            tokenizer.save(out / "tokenizer.json")
+            (out / "config.json").write_text(json.dumps(run_cfg.to_dict(), indent=2, sort_keys=True))
+            (out / "train_stats.json").write_text(json.dumps(train_stats(train_samples), indent=2, ensure_ascii=False))
+        manifests = [train_manifest] + ([val_manifest] if val_manifest else [])
+        report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress)
+        print_report(report, cache_dir)
+        if report["ok"] == 0:
+            raise RuntimeError(f"no clip of {train_manifest} could be decoded; see {cache_dir / 'report.json'}")
+    _barrier()
+    tokenizer = MirasolTokenizer.load(out / "tokenizer.json")
+    stats = json.loads((out / "train_stats.json").read_text())
+    cache = ClipCache(cache_dir, run_cfg.model)
+    train_set = ClipDataset(train_samples, cache, tokenizer, max_len)
+    val_set = ClipDataset(val_samples, cache, tokenizer, max_len) if val_samples else None
+
+    # --- model and optimiser -------------------------------------------------------------------
+    torch.manual_seed(tc.seed)
+    model = Mirasol(run_cfg.model).to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
+    step = 0
+    if resume:
+        last = ckpt.latest_checkpoint(out)
+        from safetensors.torch import load_model
+
+        load_model(model, str(last / "model.safetensors"), device=str(device))
+        state = ckpt.load_train_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step = int(state["step"])
+        if main:
+            _truncate_metrics(out / "metrics.jsonl", step)
+            print(f"resuming {out} from step {step}", file=sys.stderr)
+    # find_unused_parameters: some parameters (mask token, gates) sit out depending on the config.
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+
+    micro = tc.batch_size // world // tc.grad_accum
+    batches = EpochBatches(len(train_set), tc.batch_size, tc.seed, start_batch=step, rank=rank, world=world)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=batches, num_workers=run_cfg.data.workers,
+        collate_fn=lambda items: collate(items, tokenizer.pad_id), persistent_workers=run_cfg.data.workers > 0,
+        generator=torch.Generator().manual_seed(tc.seed))  # its own generator: starting it must not move the global RNG
+    writer = _tensorboard(out) if main else None
+    metrics = open(out / "metrics.jsonl", "a") if main else None
+    bar = tqdm(total=tc.max_steps, initial=step, desc="training", unit="step", disable=not (main and progress),
+               file=sys.stderr, dynamic_ncols=True)
+    model.train()
+    tick, seen = time.perf_counter(), 0
+    summary: dict = {}
+    try:
+        data_iter = iter(loader)
+        while step < tc.max_steps:
+            batch = _to(next(data_iter), device)
+            parts = [{k: v[i * micro:(i + 1) * micro] if torch.is_tensor(v) else v for k, v in batch.items()}
+                     for i in range(tc.grad_accum)]
+            # Weigh each micro-batch's token-mean text loss by its share of the global batch's answer
+            # tokens, so any split over processes and accumulation gives the one-process gradient.
+            counts = [(p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts]
+            total_tokens = _sum(torch.stack(counts).sum().float()).clamp(min=1)
+            logged = torch.zeros(3, device=device)
+            for i, p in enumerate(parts):
+                sync = ddp.no_sync() if world > 1 and i < len(parts) - 1 else nullcontext()
+                with sync, _autocast(run_cfg, device):
+                    out_ = ddp(p["video"], p["audio"], p["input_ids"], p["labels"])
+                    text = out_.text_loss * counts[i] / total_tokens * world
+                    latent = out_.latent_loss / tc.grad_accum
+                    loss = run_cfg.model.text_loss_weight * text + run_cfg.model.latent_loss_weight * latent
+                loss.backward()
+                logged += torch.stack([loss.detach(), text.detach(), latent.detach()]).float()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            seen += tc.batch_size
+            logged = _sum(logged) / world
+            if main:
+                bar.update(1)
+                row = {"step": step, "loss": logged[0].item(), "text_loss": logged[1].item(),
+                       "latent_loss": logged[2].item(), "lr": scheduler.get_last_lr()[0]}
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                if step % tc.log_every == 0 or step == tc.max_steps:
+                    elapsed = time.perf_counter() - tick
+                    row["samples_per_s"] = seen / max(elapsed, 1e-9)
+                    tick, seen = time.perf_counter(), 0
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", text=f"{row['text_loss']:.3f}",
+                                    latent=f"{row['latent_loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
+                    _log(metrics, writer, row)
+            evaluate_now = val_set is not None and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps)
+            if evaluate_now and main:
+                val = validate(model, val_set, tokenizer, stats, run_cfg, device, tc.eval_samples)
+                _log(metrics, writer, {"step": step, **val})
+                bar.write(f"step {step}: val text loss {val['val_text_loss']:.4f}, "
+                          f"val accuracy {val['val_accuracy']:.3f} ({val['val_samples']} samples)")
+                summary.update(val)
+            if step % tc.save_every == 0 or step == tc.max_steps:
+                if main:
+                    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": torch.get_rng_state()}
+                    ckpt.save_checkpoint(out, model, run_cfg.to_dict(), state, step, tc.keep_checkpoints)
+                _barrier()
+    finally:
+        bar.close()
+        if metrics:
+            metrics.close()
+        if writer:
+            writer.close()
+    if main and tc.plots:
+        plot_metrics(out / "metrics.jsonl", out)
+    summary.update({"step": step, "run": str(out), "train_samples": len(train_set),
+                    "train_skipped": train_set.skipped})
+    return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their old lines."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: metrics.jsonl and the plots are enough
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log(metrics, writer, row: dict) -> None:
+    metrics.write(json.dumps(row) + "\n")
+    metrics.flush()
+    if writer is not None:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(key, value, row["step"])
+
+
+def plot_metrics(metrics_file: Path, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train_rows = [r for r in rows if "loss" in r]
+    val_rows = [r for r in rows if "val_text_loss" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "text_loss", "latent_loss"):
+        axes[0].plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key, lw=1)
+    if val_rows:
+        axes[0].plot([r["step"] for r in val_rows], [r["val_text_loss"] for r in val_rows], "o-", label="val_text_loss")
+        axes[1].plot([r["step"] for r in val_rows], [r["val_accuracy"] for r in val_rows], "o-", label="val_accuracy")
+        axes[1].set_ylim(0, 1)
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("losses", "validation accuracy")):
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
+
+
+def cli_train(args) -> int:
+    try:
+        run_cfg = load_run_config(args.config, args.overrides)
+        for path in [args.train] + ([args.val] if args.val else []):
+            if not Path(path).exists():
+                raise ConfigError(f"manifest {path} does not exist")
+        summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,124 @@
+"""Training: config validation, exact resume after a kill, multi-process equivalence, end to end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mirasol.config import ConfigError
+from mirasol.train.config import load_run_config
+from mirasol.train.schedule import lr_factor
+
+FAST = ["train.batch_size=8", "train.max_steps=6", "train.save_every=2", "train.eval_every=0",
+        "train.log_every=1", "train.warmup_steps=2", "train.plots=false", "model.mask_ratio=0.25"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from mirasol.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("world")
+    synthesize(out, num=20, seed=1)
+    return out
+
+
+def run_cli(*args, env=None, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mirasol.cli", *args], capture_output=True, text=True, env=env, **kw)
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'train.lrate'.*did you mean 'train.lr'"):
+        load_run_config("tiny", ["train.lrate=1"])
+    with pytest.raises(ConfigError, match="unknown config key 'num_chunk'"):
+        load_run_config("tiny", ["model.num_chunk=3"])
+    with pytest.raises(ConfigError, match="batch_size=10 is not divisible by grad_accum=3"):
+        load_run_config("tiny", ["train.batch_size=10", "train.grad_accum=3"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_run_config("tiny", ["lr"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  preset: tiny\n  image_size: 30\n")
+    with pytest.raises(ConfigError, match="image_size=30 is not divisible by patch_size=8"):
+        load_run_config(bad)
+    assert load_run_config("tiny", ["model.combiner=ttm", "train.lr=3e-4"]).train.lr == 3e-4
+
+
+def test_packaged_yaml_presets_load():
+    for name in ("tiny", "small", "base"):
+        cfg = load_run_config(name)
+        assert cfg.model == cfg.model.replace()  # validated, round-trips
+
+
+def test_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 10, 100, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_wrong_config_fails_before_any_work(world, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", "--config", "tiny", "--train", str(world / "train.jsonl"), "--out", str(run),
+                     "model.image_size=30")
+    assert result.returncode == 2 and "image_size=30" in result.stderr
+    assert not run.exists()
+
+
+def test_killed_run_resumes_with_identical_losses(world, tmp_path):
+    args = ["train", "--config", "tiny", "--train", str(world / "train.jsonl"), *FAST]
+    full = tmp_path / "full"
+    assert run_cli(*args, "--out", str(full)).returncode == 0
+    # kill -9 a second run once its first checkpoint is on disk, then resume it
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mirasol.cli", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000002").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "step_00000002").exists()
+    assert not (killed / "checkpoints" / "step_00000006").exists(), "the run finished before it could be killed"
+    resumed = run_cli(*args, "--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = losses(full), losses(killed)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
+
+
+def test_existing_run_dir_needs_resume(world, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "something").write_text("x")
+    result = run_cli("train", "--config", "tiny", "--train", str(world / "train.jsonl"), "--out", str(run))
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_two_gloo_processes_match_one(world, tmp_path):
+    args = ["train", "--config", "tiny", "--train", str(world / "train.jsonl"), *FAST,
+            "train.max_steps=3", "train.grad_accum=2", "data.cache=" + str(tmp_path / "cache"),
+            "model.mask_ratio=0"]  # masks are random per process; without them the two runs are the same maths
+    one = tmp_path / "one"
+    r1 = run_cli(*args, "--out", str(one))
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                         "-m", "mirasol.cli", *args, "--out", str(two)], capture_output=True, text=True, env=env)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step

@@ -14,6 +14,10 @@ that goes through exactly the same decoding path as a user's video.
   sample k plays at k / sample_rate. Written as AAC (the decoder removes the encoder delay, so the
   timing survives the round trip to within a sample); the tail is padded with silence to a whole
   1024-sample AAC block.
+
+The output is deterministic (single-threaded encoding: the same arguments give the same bytes) and
+appears atomically (written to `<path>.part`, then renamed), so an interrupted run never leaves a
+half-written file that looks complete.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import numpy as np
 
 # AAC encodes fixed blocks of 1024 samples.
 _AAC_FRAME = 1024
-# Fine time base for variable-frame-rate pts (90 kHz is the MPEG convention).
-_VFR_TIME_BASE = Fraction(1, 90000)
+# Fine time base for variable-frame-rate pts: whole milliseconds are exact, and MPEG-4 Part 2
+# accepts it (its time base denominator must stay below 2^16).
+_VFR_TIME_BASE = Fraction(1, 60000)
 
 
 def video_codec() -> str:
@@ -37,6 +42,8 @@ def video_codec() -> str:
 
 
 def _as_rate(fps: float | Fraction) -> Fraction:
+    if isinstance(fps, float) and not fps.is_integer() and abs(fps * 1.001 - round(fps * 1.001)) < 1e-3:
+        return Fraction(round(fps * 1.001) * 1000, 1001)  # NTSC rates: 23.976, 29.97, 59.94
     rate = Fraction(fps).limit_denominator(1001)
     if rate <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
@@ -45,10 +52,25 @@ def _as_rate(fps: float | Fraction) -> Fraction:
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float | Fraction,
                 audio: np.ndarray | None = None, sample_rate: int = 16000, *,
-                frame_times: Sequence[float] | None = None, crf: int = 18) -> None:
-    """Write `frames` (and `audio`, if given) to an mp4 file at `path`. See the module docstring."""
+                frame_times: Sequence[float] | None = None, crf: int = 18, codec: str | None = None) -> None:
+    """Write `frames` (and `audio`, if given) to an mp4 file at `path`. See the module docstring.
+
+    `crf`: libx264 quality (lower is better, 0 lossless). `codec`: 'libx264' or 'mpeg4' (default:
+    video_codec())."""
     rate = _as_rate(fps)
-    with av.open(os.fspath(path), "w", format="mp4") as container:
+    codec = codec or video_codec()
+    path = os.fspath(path)
+    partial = path + ".part"
+    try:
+        _write(partial, frames, rate, audio, sample_rate, frame_times, crf, codec)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _write(path: str, frames, rate: Fraction, audio, sample_rate: int, frame_times, crf: int, codec: str) -> None:
+    with av.open(path, "w", format="mp4") as container:
         video = None  # created on the first frame, once the size is known
         audio_blocks = None
         for k, image in enumerate(frames):
@@ -56,7 +78,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"frame {k}: expected [H, W, 3] uint8 RGB, got shape {image.shape}")
             if video is None:
-                video = _add_video_stream(container, rate, image.shape[1], image.shape[0], crf,
+                video = _add_video_stream(container, codec, rate, image.shape[1], image.shape[0], crf,
                                           variable=frame_times is not None)
                 if audio is not None:  # both streams must exist before the first packet is written
                     audio_blocks = _AudioBlocks(container, audio, sample_rate)
@@ -75,16 +97,20 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
             audio_blocks.write_until(float("inf"))
 
 
-def _add_video_stream(container, rate: Fraction, width: int, height: int, crf: int, variable: bool):
+def _add_video_stream(container, codec: str, rate: Fraction, width: int, height: int, crf: int,
+                      variable: bool):
     if width % 2 or height % 2:
         raise ValueError(f"frame size {width}x{height}: width and height must be even for yuv420p")
-    codec = video_codec()
     stream = container.add_stream(codec, rate=rate)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.codec_context.thread_count = 1  # threaded encoders may give different bytes run to run
     if variable:
         stream.codec_context.time_base = _VFR_TIME_BASE
     if codec == "libx264":
-        stream.options = {"preset": "veryfast", "crf": str(crf)}
+        options = {"preset": "veryfast", "crf": str(crf), "threads": "1"}
+        if variable:  # with B-frames x264 invents decode times that spoil a VFR file's frame durations
+            options["x264-params"] = "bframes=0"
+        stream.codec_context.options = options
     else:
         stream.codec_context.qscale = 2  # near-lossless for mpeg4, keeps flashes and levels recognisable
     return stream

@@ -1,0 +1,4 @@
+"""Data: media decoding, features, manifests, caching."""
+
+from mirasol.data.clip import Clip, load_clip
+from mirasol.data.decode import MediaError, NoAudioError

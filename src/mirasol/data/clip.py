@@ -1,0 +1,69 @@
+"""load_clip: one video file -> time-aligned video frames and log-mel audio for the model.
+
+    clip = load_clip("a.mp4", cfg, start=4.0)
+    clip.video  # [cfg.num_frames, 3, S, S] float32 in [0, 1]
+    clip.audio  # [cfg.n_mels, cfg.audio_frames] float32 normalised log-mel
+
+The model cuts chunk t as video frames [t*f, (t+1)*f) and audio frames [t*a, (t+1)*a), with
+f = cfg.frames_per_chunk and a = cfg.audio_frames_per_chunk. Both ranges cover the same seconds,
+[ws + t*chunk_seconds, ws + (t+1)*chunk_seconds), because video frame i shows time
+ws + (i + 0.5) / fps (decode.py) and audio frame j is centred on time ws + j * hop (features.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mirasol.config import MirasolConfig
+from mirasol.data.decode import MediaError, NoAudioError, decode_media  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Clip:
+    video: "torch.Tensor"  # [num_frames, 3, S, S] float32 in [0, 1]
+    audio: "torch.Tensor"  # [n_mels, audio_frames] float32 log-mel (features.SILENCE where silent)
+    has_audio: bool  # the file has an audio stream (False: `audio` is all silence)
+    valid_seconds: float  # real content from the window start; after it video repeats, audio is silent
+    valid_chunks: int  # chunks with real content (see count_valid_chunks); the rest are padding
+    path: str
+    start: float  # window start in the file, seconds
+    duration: float | None  # of the file, None when the container does not record it
+    source_fps: float | None  # the file's average frame rate
+    video_seconds: float  # real video from the window start
+    audio_seconds: float  # real audio from the window start (0 without audio)
+
+
+def count_valid_chunks(valid_seconds: float, cfg: MirasolConfig) -> int:
+    """Chunks that hold real content: a chunk counts when the real content reaches its first video
+    sample time (half a frame slot into it), so the few milliseconds of padding that codecs add at
+    the end of a stream do not make a chunk. The first chunk counts whenever anything is real."""
+    if valid_seconds <= 0:
+        return 0
+    reached = math.ceil((valid_seconds - 0.5 / cfg.fps) / cfg.chunk_seconds - 1e-9)
+    return min(cfg.num_chunks, max(1, reached))
+
+
+def load_clip(path: str | os.PathLike, cfg: MirasolConfig, start: float | None = None,
+              end: float | None = None) -> Clip:
+    """Decode the clip of `path` in [start, end] (seconds, optional) as cfg says.
+
+    Raises MediaError (NoAudioError when the file has no audio and cfg.missing_audio is 'skip' or
+    'error'). Window choice, padding and timing conventions: see mirasol.data.decode."""
+    import torch  # here, so that `import mirasol.data` stays fast
+
+    from mirasol.data.features import log_mel
+
+    media = decode_media(path, cfg, start, end)
+    video = torch.from_numpy(media.frames).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+    audio = log_mel(media.waveform, cfg, num_frames=cfg.audio_frames)
+    valid_seconds = min(cfg.clip_seconds, max(media.video_seconds, media.audio_seconds))
+    return Clip(video=video, audio=audio, has_audio=media.has_audio, valid_seconds=valid_seconds,
+                valid_chunks=count_valid_chunks(valid_seconds, cfg), path=os.fspath(path),
+                start=media.window_start, duration=media.duration, source_fps=media.source_fps,
+                video_seconds=media.video_seconds, audio_seconds=media.audio_seconds)

@@ -1,0 +1,509 @@
+"""Media pipeline: decoding by timestamp, audio/video chunk alignment, log-mel, errors, memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mirasol import MirasolConfig
+from mirasol.data import Clip, MediaError, NoAudioError, load_clip
+from mirasol.data import decode as decode_module
+from mirasol.data.clip import count_valid_chunks
+from mirasol.data.decode import plan_window
+from mirasol.data.features import LOG_MEL_SCALE, SILENCE, fft_size, log_mel, mel_band_centres, mel_filterbank
+from mirasol.data.media_writer import write_video
+
+# <clone>/../shared/samples/media, the same layout locally and in CI.
+SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "media"
+DARK, BRIGHT = 16, 235
+
+
+def tiny(**overrides) -> MirasolConfig:
+    return MirasolConfig.preset("tiny", **overrides)
+
+
+def flash_and_beep(path, src_fps, sample_rate, seconds, flash, size=(48, 64), with_audio=True, codec=None):
+    """Dark screen and silence, except a bright screen and a 1 kHz beep during [flash[0], flash[1])."""
+    t0, t1 = flash
+    n = round(seconds * src_fps)
+    times = np.arange(n) / src_fps
+    frames = np.full((n, *size, 3), DARK, np.uint8)
+    frames[(times >= t0 - 1e-9) & (times < t1 - 1e-9)] = BRIGHT
+    audio = None
+    if with_audio:
+        t = np.arange(round(seconds * sample_rate)) / sample_rate
+        audio = np.where((t >= t0) & (t < t1), 0.5 * np.sin(2 * np.pi * 1000 * t), 0).astype(np.float32)
+    write_video(path, frames, src_fps, audio, sample_rate, codec=codec)
+    return path
+
+
+def bright_frames(clip: Clip) -> set[int]:
+    return {i for i, v in enumerate(clip.video.mean(dim=(1, 2, 3)).tolist()) if v > 0.5}
+
+
+def check_alignment(clip: Clip, cfg: MirasolConfig, flash, chunk: int) -> None:
+    """The flash's frames and the beep's audio frames are exactly those of chunk `chunk`."""
+    t0, t1 = (t - clip.start for t in flash)
+    f, a = cfg.frames_per_chunk, cfg.audio_frames_per_chunk
+    assert bright_frames(clip) == set(range(chunk * f, (chunk + 1) * f))
+
+    loudness = clip.audio.max(dim=0).values  # [audio_frames]
+    hop, half_win = cfg.audio_hop_ms / 1000, cfg.audio_win_ms / 2000
+    for j, value in enumerate(loudness.tolist()):
+        centre = j * hop
+        if t0 + half_win <= centre <= t1 - half_win:  # window entirely inside the beep
+            assert value > 2.5, (j, centre, value)
+        elif centre + half_win <= t0 or centre - half_win >= t1:  # window entirely outside
+            assert value < SILENCE + 0.1, (j, centre, value)
+    per_chunk = clip.audio.reshape(cfg.n_mels, cfg.num_chunks, a).mean(dim=(0, 2))
+    assert int(per_chunk.argmax()) == chunk
+    fully_loud = {j // a for j, v in enumerate(loudness.tolist()) if v > 2.5}
+    assert chunk in fully_loud and fully_loud <= {chunk - 1, chunk, chunk + 1}
+    # ...and the frames centred inside the beep all belong to the chunk.
+    inside = [j for j in range(len(loudness)) if t0 < j * hop < t1]
+    assert {j // a for j in inside} == {chunk}
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment: a flash and a beep at the same time land in the same chunk.
+
+ALIGNMENT_CASES = [
+    # source fps, sample rate, config (chunk length), flash interval, expected chunk, codec
+    (24, 44100, dict(), (2.0, 3.0), 2, None),  # tiny: 4 chunks x 2 frames at 2 fps = 1 s chunks
+    (25, 22050, dict(num_chunks=8, frames_per_chunk=2, fps=5.0), (1.2, 1.6), 3, None),  # 0.4 s chunks
+    (30, 48000, dict(num_chunks=6, frames_per_chunk=4, fps=8.0), (1.5, 2.0), 3, None),  # 0.5 s chunks
+    (29.97, 44100, dict(num_chunks=5, frames_per_chunk=2, fps=2.5), (2.4, 3.2), 3, None),  # 0.8 s chunks
+    (24, 48000, dict(num_chunks=8, frames_per_chunk=4, fps=8.0), (0.0, 0.5), 0, None),  # first chunk
+    (30, 22050, dict(num_chunks=4, frames_per_chunk=4, fps=4.0), (3.0, 4.0), 3, None),  # last chunk
+    (25, 48000, dict(), (1.0, 2.0), 1, "mpeg4"),  # the writer's fallback codec
+]
+
+
+@pytest.mark.parametrize("src_fps,sample_rate,overrides,flash,chunk,codec", ALIGNMENT_CASES)
+def test_flash_and_beep_land_in_the_same_chunk(tmp_path, src_fps, sample_rate, overrides, flash, chunk, codec):
+    cfg = tiny(**overrides)
+    path = flash_and_beep(tmp_path / "fb.mp4", src_fps, sample_rate, cfg.clip_seconds + 0.5, flash, codec=codec)
+    clip = load_clip(path, cfg)
+    assert clip.video.shape == (cfg.num_frames, 3, cfg.image_size, cfg.image_size)
+    assert clip.audio.shape == (cfg.n_mels, cfg.audio_frames)
+    assert clip.has_audio and clip.start == 0.0 and clip.valid_chunks == cfg.num_chunks
+    check_alignment(clip, cfg, flash, chunk)
+
+
+def test_window_start_seeks_and_keeps_alignment(tmp_path):
+    cfg = tiny()  # 1 s chunks, 4 s clip
+    path = flash_and_beep(tmp_path / "fb.mp4", 25, 44100, 10.0, (5.0, 6.0))
+    clip = load_clip(path, cfg, start=4.0)
+    assert clip.start == 4.0 and clip.valid_seconds == 4.0
+    check_alignment(clip, cfg, (5.0, 6.0), chunk=1)
+
+
+def test_clip_window_center_takes_the_middle(tmp_path):
+    cfg = tiny(clip_window="center")
+    path = flash_and_beep(tmp_path / "fb.mp4", 30, 48000, 10.0, (5.0, 6.0))
+    clip = load_clip(path, cfg)  # 10 s file, 4 s clip: [3, 7)
+    assert clip.start == pytest.approx(3.0, abs=0.02)
+    check_alignment(clip, cfg, (5.0, 6.0), chunk=2)
+    inner = load_clip(path, cfg, start=2.0, end=9.0)  # the middle 4 s of [2, 9): [3.5, 7.5)
+    assert inner.start == pytest.approx(3.5)
+
+
+def test_short_window_is_padded_and_recorded(tmp_path):
+    cfg = tiny()
+    path = flash_and_beep(tmp_path / "fb.mp4", 25, 44100, 10.0, (5.0, 6.0))
+    clip = load_clip(path, cfg, start=4.0, end=6.0)  # 2 s of a 4 s clip
+    assert clip.valid_seconds == pytest.approx(2.0) and clip.valid_chunks == 2
+    assert bright_frames(clip) == {2, 3, 4, 5, 6, 7}  # chunk 1 is the flash; padding repeats its last frame
+    assert torch.equal(clip.video[4], clip.video[3]) and torch.equal(clip.video[7], clip.video[3])
+    a = cfg.audio_frames_per_chunk
+    assert torch.all(clip.audio[:, 2 * a + 2:] == SILENCE)  # audio after `end` is zeros, not the file
+
+
+def test_file_shorter_than_clip(tmp_path):
+    cfg = tiny(num_chunks=4, frames_per_chunk=2, fps=2.0)
+    path = flash_and_beep(tmp_path / "short.mp4", 25, 16000, 1.5, (1.0, 1.5))
+    clip = load_clip(path, cfg)
+    assert clip.valid_seconds == pytest.approx(1.5, abs=0.07) and clip.valid_chunks == 2
+    # frames 0 (0.25 s) and 1 (0.75 s) dark, 2 (1.25 s) bright, then the last frame is held
+    assert bright_frames(clip) == set(range(2, 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames are chosen by timestamp: every frame shows its own index as a grey level.
+
+def index_frames(count, size=(32, 48)):
+    """Frame k is a flat grey of level 8 * (k mod 32): neighbouring frames are easy to tell apart."""
+    return [np.full((*size, 3), 8 * (k % 32), np.uint8) for k in range(count)]
+
+
+def shown_indices(clip: Clip) -> list[int]:
+    return [round(v * 255 / 8) % 32 for v in clip.video.mean(dim=(1, 2, 3)).tolist()]
+
+
+def expected_indices(times, targets) -> list[int]:
+    """Index (mod 32) of the latest frame with time <= target, or the first frame."""
+    return [max([k for k, t in enumerate(times) if t <= target] or [0]) % 32 for target in targets]
+
+
+@pytest.mark.parametrize("src_fps", [24, 25, 29.97])
+@pytest.mark.parametrize("start", [None, 1.3])
+def test_constant_frame_rate_picks_latest_frame_by_pts(tmp_path, src_fps, start):
+    cfg = tiny(num_chunks=5, frames_per_chunk=2, fps=10.0)  # samples at (i + 0.5) / 10 s
+    n = 75
+    write_video(tmp_path / "cfr.mp4", index_frames(n), src_fps)
+    clip = load_clip(tmp_path / "cfr.mp4", cfg, start=start)
+    ws = start or 0.0
+    times = [k / (30000 / 1001 if src_fps == 29.97 else src_fps) for k in range(n)]
+    assert shown_indices(clip) == expected_indices(times, [ws + (i + 0.5) / cfg.fps for i in range(cfg.num_frames)])
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_variable_frame_rate_uses_timestamps_not_indices(tmp_path, codec):
+    times = [0.0, 0.1, 0.2, 0.3, 1.0, 1.05, 1.1, 1.9, 2.6, 2.7, 2.8, 2.9, 3.5, 3.9, 4.3]
+    write_video(tmp_path / "vfr.mp4", index_frames(len(times)), 10, frame_times=times, codec=codec)
+    cfg = tiny()  # samples at 0.25, 0.75, ..., 3.75 s
+    clip = load_clip(tmp_path / "vfr.mp4", cfg)
+    targets = [(i + 0.5) / cfg.fps for i in range(cfg.num_frames)]
+    assert shown_indices(clip) == expected_indices(times, targets) == [2, 3, 6, 6, 7, 9, 11, 12]
+    late = load_clip(tmp_path / "vfr.mp4", cfg, start=0.5)
+    assert shown_indices(late) == expected_indices(times, [0.5 + t for t in targets])
+
+
+def test_only_sampled_frames_are_converted(tmp_path, monkeypatch):
+    write_video(tmp_path / "v.mp4", index_frames(120), 30)  # 4 s at 30 fps, 8 samples
+    calls = []
+    original = decode_module._square_image
+    monkeypatch.setattr(decode_module, "_square_image", lambda *a: calls.append(1) or original(*a))
+    load_clip(tmp_path / "v.mp4", tiny())
+    assert len(calls) == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Real files from other encoders and containers.
+
+def sample_files():
+    if not SAMPLES.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"sample media folder {SAMPLES} is missing"))]
+    return sorted(p for p in SAMPLES.iterdir() if p.suffix != ".md")
+
+
+# From the folder's README: seconds, and whether there is an audio stream.
+SAMPLE_FACTS = {
+    "big_buck_bunny_432_433.webm": (1.0, True), "example3.mp4": (2.0, True),
+    "flipping_a_pancake.mkv": (10.4, True), "no_duration.webm": (4.9, True), "one_pixel.mp4": (5.0, False),
+    "rawvideo_part_0.mp4": (1.07, False), "test.avi": (6.56, True), "video_0.mov": (0.1, False),
+}
+
+
+@pytest.mark.parametrize("path", sample_files(), ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize("cfg", [tiny(), MirasolConfig.preset("small", resize="letterbox", clip_window="center")],
+                         ids=["tiny-crop-start", "small-letterbox-center"])
+def test_sample_media_decode(path, cfg):
+    began = time.monotonic()
+    try:
+        clip = load_clip(path, cfg)
+    except MediaError as error:  # allowed, but none of these samples should need it
+        pytest.fail(f"unexpected MediaError: {error}")
+    assert time.monotonic() - began < 10
+    S = cfg.image_size
+    assert clip.video.shape == (cfg.num_frames, 3, S, S) and clip.video.dtype == torch.float32
+    assert clip.audio.shape == (cfg.n_mels, cfg.audio_frames) and clip.audio.dtype == torch.float32
+    assert 0.0 <= clip.video.min() and clip.video.max() <= 1.0 and clip.video.max() > 0
+    assert torch.isfinite(clip.audio).all() and clip.audio.min() >= SILENCE - 1e-4
+
+    seconds, has_audio = SAMPLE_FACTS.get(path.name, (None, None))
+    if has_audio is None:
+        return  # a file added to the folder later: shapes and ranges are all we know
+    assert clip.has_audio == has_audio
+    if not has_audio:
+        assert torch.all(clip.audio == SILENCE) and clip.audio_seconds == 0
+    elif path.name != "no_duration.webm":  # that one's audio track is digital silence
+        assert clip.audio.max() > SILENCE + 1
+    assert clip.valid_seconds == pytest.approx(min(seconds, cfg.clip_seconds), abs=0.1)
+    assert clip.valid_chunks == count_valid_chunks(clip.valid_seconds, cfg)
+    if path.name == "no_duration.webm":
+        assert clip.duration is None and clip.start == 0.0  # 'center' falls back to 'start'
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_sample_without_audio_raises_for_skip_and_error(policy):
+    path = SAMPLES / "rawvideo_part_0.mp4"
+    if not path.exists():
+        pytest.skip(f"sample media folder {SAMPLES} is missing")
+    with pytest.raises(NoAudioError, match="rawvideo_part_0.mp4"):
+        load_clip(path, tiny(missing_audio=policy))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors name the file; nothing hangs.
+
+@pytest.fixture()
+def real_mp4(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (50, 48, 64, 3), dtype=np.uint8)
+    audio = 0.1 * np.random.default_rng(1).standard_normal(2 * 16000).astype(np.float32)
+    write_video(tmp_path / "real.mp4", frames, 25, audio, 16000)
+    return tmp_path / "real.mp4"
+
+
+def test_broken_files_raise_media_error_naming_the_path(tmp_path, real_mp4):
+    data = real_mp4.read_bytes()
+    cases = {
+        "empty.mp4": b"",
+        "truncated.mp4": data[: int(len(data) * 0.3)],
+        "notes.mp4": b"this is a text file, not a video\n" * 50,
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    cases["missing.mp4"] = None
+    for name in cases:
+        with pytest.raises(MediaError) as caught:
+            load_clip(tmp_path / name, tiny())
+        assert str(tmp_path / name) in str(caught.value) and caught.value.path == str(tmp_path / name)
+    with pytest.raises(MediaError, match="directory"):
+        load_clip(tmp_path, tiny())
+
+
+def test_media_error_survives_pickling():
+    error = pickle.loads(pickle.dumps(NoAudioError("/x/a.mp4", "no audio stream")))
+    assert isinstance(error, NoAudioError) and error.path == "/x/a.mp4" and str(error) == "/x/a.mp4: no audio stream"
+    assert str(MediaError("already formatted")) == "already formatted"  # how DataLoader workers re-raise
+
+
+def test_no_video_stream(tmp_path):
+    import av
+
+    with av.open(str(tmp_path / "audio_only.m4a"), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for k in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, k * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(MediaError, match="no video stream"):
+        load_clip(tmp_path / "audio_only.m4a", tiny())
+
+
+def test_corrupt_and_truncated_data_end_quickly(tmp_path, real_mp4):
+    import av
+
+    # The same file with its index first ("faststart"), then cut: the header promises 2 s.
+    faststart = tmp_path / "faststart.mp4"
+    with av.open(str(real_mp4)) as source, av.open(str(faststart), "w", options={"movflags": "faststart"}) as out:
+        streams = {s: out.add_stream_from_template(s) for s in source.streams}
+        for packet in source.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream]
+                out.mux(packet)
+    data = faststart.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match="truncated"):
+        load_clip(tmp_path / "cut.mp4", tiny())
+    assert load_clip(tmp_path / "cut.mp4", tiny(), end=0.5).valid_seconds == pytest.approx(0.5)  # before the cut
+
+    garbled = bytearray(real_mp4.read_bytes())
+    middle = slice(len(garbled) // 3, len(garbled) // 2)
+    garbled[middle] = np.random.default_rng(2).integers(0, 256, middle.stop - middle.start, dtype=np.uint8).tobytes()
+    (tmp_path / "garbled.mp4").write_bytes(bytes(garbled))
+    began = time.monotonic()
+    try:
+        clip = load_clip(tmp_path / "garbled.mp4", tiny())
+        assert clip.video.shape[0] == tiny().num_frames
+    except MediaError as error:
+        assert "garbled.mp4" in str(error)
+    assert time.monotonic() - began < 10
+
+
+def test_invalid_window(real_mp4):
+    with pytest.raises(MediaError, match="nothing to decode"):
+        load_clip(real_mp4, tiny(), start=30.0)
+    with pytest.raises(MediaError, match="invalid window"):
+        load_clip(real_mp4, tiny(), start=1.0, end=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies and geometry.
+
+def test_missing_audio_policies(tmp_path):
+    path = flash_and_beep(tmp_path / "mute.mp4", 25, 16000, 4.0, (1.0, 2.0), with_audio=False)
+    clip = load_clip(path, tiny(missing_audio="zeros"))
+    assert not clip.has_audio and torch.all(clip.audio == SILENCE) and clip.valid_chunks == 4
+    for policy in ("skip", "error"):
+        with pytest.raises(NoAudioError, match="mute.mp4"):
+            load_clip(path, tiny(missing_audio=policy))
+    assert issubclass(NoAudioError, MediaError)
+
+
+@pytest.mark.parametrize("width,height", [(96, 48), (48, 96)])
+def test_crop_and_letterbox(tmp_path, width, height):
+    frame = np.full((height, width, 3), 255, np.uint8)
+    write_video(tmp_path / "white.mp4", [frame] * 10, 5)
+    cropped = load_clip(tmp_path / "white.mp4", tiny(resize="crop"))
+    boxed = load_clip(tmp_path / "white.mp4", tiny(resize="letterbox"))
+    S = tiny().image_size
+    assert cropped.video.shape == boxed.video.shape == (8, 3, S, S)
+    assert cropped.video.min() > 0.9  # the picture fills the square
+    image = boxed.video[0].mean(dim=0)  # [S, S]; the 2:1 picture fills half the square
+    bars = image[: S // 4] if width > height else image[:, : S // 4]
+    middle = image[S // 4 + 1: 3 * S // 4 - 1] if width > height else image[:, S // 4 + 1: 3 * S // 4 - 1]
+    assert bars.max() < 0.05 and middle.min() > 0.9
+    assert torch.allclose(image, image.flip(0), atol=0.02) and torch.allclose(image, image.flip(1), atol=0.02)
+
+
+def test_display_rotation_is_applied():
+    import av
+
+    class Rotated:  # PyAV cannot write a display matrix; wrap a frame to report one
+        def __init__(self, frame, rotation):
+            self.frame, self.rotation, self.width, self.height = frame, rotation, frame.width, frame.height
+
+        def reformat(self, **kwargs):
+            return self.frame.reformat(**kwargs)
+
+    image = np.zeros((32, 64, 3), np.uint8)
+    image[:, :32] = 255  # left half white
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+    upright = decode_module._square_image(Rotated(frame, 0), 32, "letterbox", 1.0).mean(axis=-1)
+    assert upright[:, :16].mean() > 100 and upright[:, 16:].mean() < 5
+    # -90: shown turned a quarter clockwise (a phone held upright), so the left half ends on top
+    turned = decode_module._square_image(Rotated(frame, -90), 32, "letterbox", 1.0).mean(axis=-1)
+    assert turned[:16].mean() > 100 and turned[16:].mean() < 5
+
+
+def test_media_writer_is_deterministic_and_atomic(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    frames = np.stack([np.roll(base, 3 * k, axis=1) for k in range(40)])
+    audio = 0.1 * rng.standard_normal(32000).astype(np.float32)
+    for name in ("a.mp4", "b.mp4"):
+        write_video(tmp_path / name, frames, 25, audio, 16000)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+    with pytest.raises(ValueError, match="even"):
+        write_video(tmp_path / "odd.mp4", frames[:, :95], 25)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]  # no partial file left
+
+
+def test_plan_window():
+    cfg = tiny()  # 4 s clip
+    assert plan_window(cfg, 10.0) == (0.0, 4.0)
+    assert plan_window(cfg, 2.5) == (0.0, 4.0)  # the streams' real end decides what is real
+    assert plan_window(cfg, 10.0, start=1.0, end=3.0) == (1.0, 3.0)
+    assert plan_window(cfg, None, start=3.0) == (3.0, 7.0)
+    center = tiny(clip_window="center")
+    assert plan_window(center, 10.0) == (3.0, 7.0)
+    assert plan_window(center, None) == (0.0, 4.0)  # no duration: falls back to 'start'
+    assert plan_window(center, 10.0, start=1.0, end=3.0) == (1.0, 3.0)
+    assert plan_window(center, 10.0, start=6.0, end=20.0) == (6.0, 10.0)  # end clamped to the file
+
+
+def test_count_valid_chunks():
+    cfg = tiny()  # 1 s chunks, 2 fps: first sample of a chunk is 0.25 s into it
+    assert [count_valid_chunks(s, cfg) for s in (0, 0.01, 1.0, 1.02, 1.3, 4.0, 9.0)] == [0, 1, 1, 1, 2, 4, 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-mel features.
+
+def test_log_mel_frame_counts_and_silence():
+    cfg = tiny()
+    samples = round(cfg.clip_seconds * cfg.sample_rate)
+    assert log_mel(np.zeros(samples, np.float32), cfg).shape == (cfg.n_mels, cfg.audio_frames)
+    silent = log_mel(np.zeros(samples, np.float32), cfg)
+    assert torch.all(silent == torch.tensor(SILENCE, dtype=torch.float32))
+    assert log_mel(np.zeros(samples + 37), cfg).shape[-1] == cfg.audio_frames  # partial hop: no frame
+    assert log_mel(np.zeros(1000), cfg, num_frames=cfg.audio_frames).shape == (cfg.n_mels, cfg.audio_frames)
+    assert log_mel(np.zeros((3, samples)), cfg).shape == (3, cfg.n_mels, cfg.audio_frames)
+    assert fft_size(400) == 512 and fft_size(512) == 512 and fft_size(441) == 512
+
+
+@pytest.mark.parametrize("n_mels", [32, 64, 128])
+@pytest.mark.parametrize("band", [5, 12, 20, 28])
+def test_pure_tone_peaks_at_its_mel_band(n_mels, band):
+    cfg = tiny(n_mels=n_mels, audio_patch_mels=16)
+    band = band * n_mels // 32
+    freq = mel_band_centres(cfg.sample_rate, n_mels)[band]
+    t = np.arange(cfg.sample_rate) / cfg.sample_rate
+    spec = log_mel(0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32), cfg)
+    assert int(spec[:, 10:-10].mean(dim=1).argmax()) == band
+
+
+def test_filterbank_rows_are_normalised_and_never_empty():
+    for n_mels in (32, 64, 128):
+        bank = mel_filterbank(16000, 512, n_mels)
+        assert bank.shape == (n_mels, 257) and torch.allclose(bank.sum(dim=1), torch.ones(n_mels))
+    assert mel_filterbank(16000, 512, 64) is mel_filterbank(16000, 512, 64)  # cached
+
+
+def test_log_mel_frame_j_is_centred_on_sample_j_times_hop():
+    cfg = tiny()
+    x = np.zeros(cfg.sample_rate, np.float32)
+    for j in (0, 37, 98):
+        x[:] = 0
+        x[j * cfg.hop_length] = 1.0  # a click
+        energy = log_mel(x, cfg).mean(dim=0)
+        assert int(energy.argmax()) == j
+        if j > 0:  # the frames either side see it equally far from their centres
+            assert torch.isclose(energy[j - 1], energy[j + 1])
+
+
+def test_log_mel_keeps_loudness():
+    cfg = tiny()
+    noise = 0.1 * np.random.default_rng(0).standard_normal(cfg.sample_rate).astype(np.float32)
+    quiet, loud = log_mel(noise, cfg), log_mel(2 * noise, cfg)  # twice the amplitude: 4x the power
+    step = math.log(4) / LOG_MEL_SCALE
+    assert abs(float((loud - quiet).median()) - step) < 1e-3
+    assert torch.allclose(loud - quiet, torch.full_like(quiet, step), atol=0.02)  # but the 1e-6 floor
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory does not grow with the length of the file.
+
+MEMORY_PROBE = textwrap.dedent("""
+    import json, resource, sys, tracemalloc
+    from mirasol import MirasolConfig
+    from mirasol.data import load_clip
+    path = sys.argv[1]
+    load_clip(path, MirasolConfig())                     # warm up: decoder, threads, imports
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # a 64 s clip (8 frames at 1/8 fps): decodes every frame of the 40 s file
+    cfg = MirasolConfig(num_chunks=4, frames_per_chunk=2, fps=0.125)
+    tracemalloc.start()
+    clip = load_clip(path, cfg)
+    peak = tracemalloc.get_traced_memory()[1]
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rss_growth_kb": after - before, "traced_peak": peak, "valid": clip.valid_seconds}))
+""")
+
+
+def test_memory_is_bounded_on_a_long_file(tmp_path):
+    # 40 s of 640x360 at 10 fps: holding its decoded frames would take >= 138 MB (yuv420p).
+    seconds, fps, (h, w) = 40, 10, (360, 640)
+    bar = np.zeros((h, w, 3), np.uint8)
+
+    def frames():
+        for k in range(seconds * fps):
+            bar[:] = 0
+            bar[:, (k * 7) % w: (k * 7) % w + 16] = 255
+            yield bar
+
+    audio = 0.1 * np.sin(2 * np.pi * 440 * np.arange(seconds * 16000) / 16000).astype(np.float32)
+    write_video(tmp_path / "long.mp4", frames(), fps, audio, 16000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "long.mp4")], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["valid"] == pytest.approx(seconds, abs=0.1)
+    assert result["rss_growth_kb"] < 60_000, result  # far less than the decoded file
+    assert result["traced_peak"] < 16_000_000, result  # python/numpy side: samples + 64 s of audio

@@ -107,10 +107,10 @@ def _add_video_stream(container, codec: str, rate: Fraction, width: int, height:
     if variable:
         stream.codec_context.time_base = _VFR_TIME_BASE
     if codec == "libx264":
-        options = {"preset": "veryfast", "crf": str(crf), "threads": "1"}
-        if variable:  # with B-frames x264 invents decode times that spoil a VFR file's frame durations
-            options["x264-params"] = "bframes=0"
-        stream.codec_context.options = options
+        # No B-frames (with them x264 invents decode times that spoil a VFR file's frame durations)
+        # and no macroblock-tree rate control or lookahead: those make x264's bytes differ run to run.
+        stream.codec_context.options = {"preset": "veryfast", "crf": str(crf), "threads": "1", "bf": "0",
+                                        "x264-params": "bframes=0:mbtree=0:rc-lookahead=0:sync-lookahead=0"}
     else:
         stream.codec_context.qscale = 2  # near-lossless for mpeg4, keeps flashes and levels recognisable
     return stream

@@ -66,6 +66,8 @@ from typing import Any
 
 import numpy as np
 
+from mirasol.data.media_writer import write_video
+
 # ------------------------------------------------------------------------------------------------
 # the world's constants
 
@@ -355,51 +357,9 @@ def render_audio(spec: dict[str, Any]) -> np.ndarray:
 # writing
 
 
-def _write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, audio: np.ndarray | None,
-               sample_rate: int) -> None:
-    """Write H.264 video (+ AAC audio) to an mp4 with PyAV. Deterministic (single-threaded x264).
-
-    Temporary: to be replaced by ``mirasol.data.media_writer.write_video`` (same arguments)."""
-    import av
-
-    path = str(path)
-    tmp = path + ".part"
-    with av.open(tmp, "w", format="mp4") as container:
-        vstream = container.add_stream("libx264", rate=int(fps))
-        vstream.width, vstream.height = int(frames.shape[2]), int(frames.shape[1])
-        vstream.pix_fmt = "yuv420p"
-        # Single-threaded and without macroblock-tree rate control / lookahead / B-frames: x264's
-        # mbtree otherwise makes the bytes differ between runs (seen with PyAV 18's x264).
-        vstream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "bf": "0",
-                           "x264-params": "mbtree=0:rc-lookahead=0:sync-lookahead=0"}
-        vstream.codec_context.thread_count = 1
-        astream = None
-        if audio is not None:
-            astream = container.add_stream("aac", rate=int(sample_rate))
-            astream.layout = "mono"
-            astream.bit_rate = 64000
-        for frame in frames:
-            for packet in vstream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
-        if astream is not None:
-            audio = np.asarray(audio, dtype=np.float32)
-            step = 1024
-            for i in range(0, len(audio), step):
-                frame = av.AudioFrame.from_ndarray(audio[None, i:i + step].copy(), format="fltp", layout="mono")
-                frame.sample_rate = int(sample_rate)
-                frame.pts = i
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
-    os.replace(tmp, path)
-
-
 def render_clip(spec: dict[str, Any], path: str | os.PathLike) -> str:
     """Render one clip's frames and audio and write them to `path` (mp4)."""
-    _write_mp4(path, render_frames(spec), FPS, render_audio(spec), SAMPLE_RATE)
+    write_video(path, render_frames(spec), FPS, render_audio(spec), SAMPLE_RATE)
     return str(path)
 
 

@@ -1,0 +1,121 @@
+"""`prepare` / the clip cache and the dataset built on it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mirasol import MirasolConfig
+from mirasol.cli import main as cli
+from mirasol.data import cache as cache_mod
+from mirasol.data.cache import CacheError, ClipCache, clip_key, prepare
+from mirasol.data.dataset import ClipDataset, EpochBatches, collate
+from mirasol.data.manifest import read_manifest
+from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
+from mirasol.model import IGNORE_INDEX
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "media"
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    if not SAMPLES.exists():
+        pytest.skip(f"{SAMPLES} not found")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    rows = [
+        {"id": "good", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "task": "qa",
+         "question": "what is cooked?", "answer": "pancake", "type": "food"},
+        {"id": "good-window", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "start": 4.0, "end": 8.0,
+         "task": "caption", "answer": "a pancake is flipped"},
+        {"id": "same-clip", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "task": "classify", "answer": "cooking"},
+        {"id": "silent", "video": str(SAMPLES / "one_pixel.mp4"), "task": "classify", "answer": "pixel"},
+        {"id": "broken", "video": "empty.mp4", "task": "classify", "answer": "none"},
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_prepare_reports_ok_skipped_and_silent_clips(manifest, tmp_path):
+    cfg = MirasolConfig.preset("tiny")
+    out = tmp_path / "cache"
+    report = prepare([manifest], out, cfg, workers=2, progress=False)
+    assert report["ok"] == 3  # pancake whole, pancake window, one_pixel; the same clip is cached once
+    assert [s["id"] for s in report["skipped"]] == ["broken"]
+    assert "empty.mp4" in report["skipped"][0]["reason"]
+    assert report["no_audio"] == ["silent"]
+    assert json.loads((out / "report.json").read_text()) == report
+    cache = ClipCache(out, cfg)
+    video, audio, info = cache.get(clip_key(str(SAMPLES / "flipping_a_pancake.mkv"), 4.0, 8.0))
+    assert video.shape == (cfg.num_frames, 3, 32, 32) and video.dtype == np.uint8
+    assert audio.shape == (cfg.n_mels, cfg.audio_frames) and info["has_audio"]
+
+
+def test_prepare_is_resumable_and_survives_a_torn_write(manifest, tmp_path, monkeypatch):
+    cfg = MirasolConfig.preset("tiny")
+    out = tmp_path / "cache"
+    prepare([manifest], out, cfg, workers=1, progress=False)
+    before = (out / "video.u8").read_bytes()
+    # a run killed while appending leaves bytes of a row that index.jsonl never listed
+    with open(out / "video.u8", "ab") as f:
+        f.write(b"\x07" * 1000)
+    calls = []
+    real = cache_mod._decode
+    monkeypatch.setattr(cache_mod, "_decode", lambda job: calls.append(job) or real(job))
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"id": "new", "video": str(SAMPLES / "example3.mp4"), "task": "caption",
+                                 "answer": "x"}) + "\n")
+    report = prepare([manifest, extra], out, cfg, workers=1, progress=False)
+    assert [job[0].id for job in calls] == ["new"]  # nothing done twice, failures not retried
+    assert report["ok"] == 4
+    data = (out / "video.u8").read_bytes()
+    assert data[: len(before)] == before and len(data) == 4 * int(np.prod((cfg.num_frames, 3, 32, 32)))
+
+
+def test_cache_refuses_other_media_settings(manifest, tmp_path):
+    prepare([manifest], tmp_path / "c", MirasolConfig.preset("tiny"), workers=1, progress=False)
+    with pytest.raises(CacheError, match="other media settings.*image_size"):
+        ClipCache(tmp_path / "c", MirasolConfig.preset("tiny", image_size=64))
+
+
+def test_prepare_cli_exit_codes(manifest, tmp_path):
+    assert cli(["prepare", "--manifest", str(manifest), "--out", str(tmp_path / "c"), "--workers", "1"]) == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "b", "video": str(tmp_path / "empty.mp4"), "task": "classify", "answer": "x"}) + "\n")
+    assert cli(["prepare", "--manifest", str(bad), "--out", str(tmp_path / "c2"), "--workers", "1"]) == 1
+
+
+def test_dataset_and_collate_build_model_batches(manifest, tmp_path):
+    cfg = MirasolConfig.preset("tiny")
+    prepare([manifest], tmp_path / "c", cfg, workers=1, progress=False)
+    samples = read_manifest(manifest)
+    tok = MirasolTokenizer.train(tokenizer_texts(samples), vocab_size=300)
+    ds = ClipDataset(samples, ClipCache(tmp_path / "c", cfg), tok, max_len=32)
+    assert len(ds) == 4 and ds.skipped == 1
+    batch = collate([ds[i] for i in range(len(ds))], tok.pad_id)
+    assert batch["video"].shape == (4, cfg.num_frames, 3, 32, 32) and batch["video"].dtype == torch.float32
+    assert 0 <= batch["video"].min() and batch["video"].max() <= 1
+    assert batch["audio"].shape == (4, cfg.n_mels, cfg.audio_frames)
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert ids.shape == labels.shape
+    for row in range(4):
+        sep = (ids[row] == tok.sep_id).nonzero()[0].item()
+        assert (labels[row, : sep + 1] == IGNORE_INDEX).all()  # prompt positions ignored
+        answer = labels[row][labels[row] != IGNORE_INDEX].tolist()
+        assert answer[-1] == tok.eos_id and tok.decode(answer) == ds.samples[row].answer
+    assert (batch["prompt_ids"][:, -1] == tok.sep_id).all()  # left-padded prompts end in sep
+
+
+def test_epoch_batches_are_deterministic_and_split_by_rank():
+    full = EpochBatches(10, 4, seed=3)
+    it = iter(full)
+    first = [next(it) for _ in range(5)]
+    resumed = iter(EpochBatches(10, 4, seed=3, start_batch=3))
+    assert next(resumed) == first[3]
+    assert len(set(first[0] + first[1])) == 8  # no repeats within an epoch
+    r0 = EpochBatches(10, 4, seed=3, rank=0, world=2).batch(0)
+    r1 = EpochBatches(10, 4, seed=3, rank=1, world=2).batch(0)
+    assert sorted(r0 + r1) == sorted(first[0])

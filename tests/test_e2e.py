@@ -1,0 +1,51 @@
+"""The whole user journey on a handful of synthetic clips: synth -> train -> evaluate -> ask."""
+
+import json
+
+import pytest
+
+from mirasol.cli import main as cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_synth_train_evaluate_ask(tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert cli(["synth", "--out", str(data), "--num", "20", "--seed", "3"]) == 0
+    assert cli(["train", "--config", "tiny", "--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"),
+                "--out", str(run), "train.max_steps=8", "train.batch_size=8", "train.eval_every=4",
+                "train.eval_samples=16", "train.save_every=4", "train.warmup_steps=2"]) == 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "train_state.pt", "metrics.jsonl",
+                 "curves.png", "train_stats.json"):
+        assert (run / name).exists(), name
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_accuracy" in m for m in metrics) and metrics[-1]["step"] == 8
+
+    report_path = tmp_path / "eval" / "report.json"
+    assert cli(["evaluate", "--run", str(run), "--manifest", str(data / "test.jsonl"), "--out", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    test_rows = (data / "test.jsonl").read_text().splitlines()
+    assert report["n"] == len(test_rows) and 0 <= report["accuracy"] <= 1
+    assert set(report["by_type"]) >= {"shape", "pitch", "sync_color", "order", "caption", "classify"}
+    for family in report["by_type"].values():
+        assert set(family) == {"n", "accuracy", "answer_prior"}
+    assert "answer_prior" in report["baselines"] and "cider" in report["caption"]
+    predictions = (report_path.parent / report["predictions"]).read_text().splitlines()
+    assert len(predictions) == report["n"]
+    # rows with choices are answered by one of them; classify rows by a training label
+    labels = json.loads((run / "train_stats.json").read_text())["labels"]
+    for line in predictions:
+        p = json.loads(line)
+        if p["type"] == "order":
+            assert p["prediction"] in ("beeps", "noise")
+        if p["task"] == "classify":
+            assert p["prediction"] in labels
+
+    video = data / json.loads(test_rows[0])["video"]
+    capsys.readouterr()
+    assert cli(["ask", "--run", str(run), str(video), "what shape is the object?"]) == 0
+    assert cli(["ask", "--run", str(run), str(video)]) == 0
+    assert cli(["ask", "--run", str(run), str(tmp_path / "missing.mp4"), "what?"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2  # one answer per question (an 8-step model may answer nothing)
+    assert "missing.mp4" in captured.err

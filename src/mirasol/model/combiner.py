@@ -27,7 +27,9 @@ class TransformerCombiner(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, t, n, d = tokens.shape
         x = tokens.reshape(b * t, n, d)
-        x = torch.cat([x, self.queries.expand(b * t, -1, -1)], dim=1)
+        # Output tokens start from the chunk's mean token (plus a learned offset each), so the chunk's
+        # content reaches the outputs from the first step instead of waiting for attention to focus.
+        x = torch.cat([x, self.queries + x.mean(dim=1, keepdim=True)], dim=1)
         return self.encoder(x)[:, n:].reshape(b, t, self.m, d)
 
 

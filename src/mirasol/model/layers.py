@@ -18,6 +18,7 @@ class MLP(nn.Module):
         hidden = int(dim * ratio)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.fc2.residual_out = True  # scaled at init (see Mirasol._init_weights)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,7 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
+        self.out.residual_out = True
         self.dropout = dropout
 
     def split(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, H, L, Dh]

@@ -13,6 +13,7 @@ No file I/O here except `save_pretrained` / `from_pretrained`, which only move t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,19 @@ class Mirasol(nn.Module):
         self.combiner = build_combiner(cfg)
         self.av_model = AVModel(cfg)
         self.text_decoder = TextDecoder(cfg)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-style: small normal weights and residual output projections scaled down with depth,
+        # so that the deep media -> combiner -> AV -> text path starts near identity and trains
+        # quickly (PyTorch's default fan-in init made every block's update large).
+        if isinstance(module, nn.Linear):
+            depth = 2 * max(self.cfg.video_layers, self.cfg.audio_layers, self.cfg.combiner_layers,
+                            self.cfg.av_layers, self.cfg.text_layers)
+            std = 0.02 / math.sqrt(depth) if getattr(module, "residual_out", False) else 0.02
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     # --- audio-video part -------------------------------------------------------------------
     def combine(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,13 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _read_entries(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {entry["key"]: entry for entry in entries}
+
+
 class ClipCache:
     """Reader (and appender) of one cache folder."""
 
@@ -104,20 +111,8 @@ class ClipCache:
             media_file.write_text(json.dumps(settings, indent=2))
         else:
             raise CacheError(f"{self.root} is not a clip cache (no media.json); run `mirasol prepare` first")
-        self.index: dict[str, dict] = {}
-        index_file = self.root / "index.jsonl"
-        if index_file.exists():
-            for line in index_file.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.index[entry["key"]] = entry
-        self.failed: dict[str, dict] = {}
-        failed_file = self.root / "failed.jsonl"
-        if failed_file.exists():
-            for line in failed_file.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.failed[entry["key"]] = entry
+        self.index = _read_entries(self.root / "index.jsonl")  # key -> {"row", "has_audio", ...}
+        self.failed = _read_entries(self.root / "failed.jsonl")  # key -> {"id", "video", "reason"}
         self._video = self._audio = None
 
     @property

@@ -10,26 +10,57 @@ tagged with modality embeddings) and return [B, T, m, D].
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mirasol.config import MirasolConfig
 from mirasol.model.layers import Encoder
 
 
+def _grid(n: int) -> tuple[int, int]:
+    """The most square (rows, cols) with rows * cols == n."""
+    rows = max(r for r in range(1, int(math.isqrt(n)) + 1) if n % r == 0)
+    return rows, n // rows
+
+
 class TransformerCombiner(nn.Module):
+    """[video; audio] tokens of one chunk + m output tokens -> L layers -> the m outputs.
+
+    The output tokens start from coarse summaries of the chunk (plus a learned offset each): half
+    are the means of the video tokens over spatial regions, half the means of the audio tokens over
+    time segments. So from the first step they carry where things are and when sounds happen, and
+    neither modality can drown the other in one shared average; the layers then refine them.
+    """
+
     def __init__(self, cfg: MirasolConfig):
         super().__init__()
         self.m = cfg.combiner_tokens
+        self.video_grid = (cfg.frames_per_chunk // cfg.tubelet_size, cfg.image_size // cfg.patch_size,
+                           cfg.image_size // cfg.patch_size)
+        self.audio_grid = (cfg.audio_frames_per_chunk // cfg.audio_patch_frames, cfg.n_mels // cfg.audio_patch_mels)
+        self.num_audio_out = self.m // 2
+        self.video_regions = _grid(self.m - self.num_audio_out)
         self.queries = nn.Parameter(torch.randn(self.m, cfg.av_dim) * 0.02)
         self.encoder = Encoder(cfg.av_dim, cfg.av_heads, cfg.combiner_layers, cfg.mlp_ratio, cfg.dropout)
+
+    def summaries(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, video + audio tokens, D] -> [N, m, D] region / segment means."""
+        n, _, d = x.shape
+        t, h, w = self.video_grid
+        video = x[:, : t * h * w].reshape(n, t, h, w, d).mean(1).permute(0, 3, 1, 2)  # [N, D, h, w]
+        video = F.adaptive_avg_pool2d(video, self.video_regions).flatten(2).transpose(1, 2)
+        frames, bands = self.audio_grid
+        audio = x[:, t * h * w:].reshape(n, frames, bands, d).mean(2).transpose(1, 2)  # [N, D, frames]
+        audio = F.adaptive_avg_pool1d(audio, self.num_audio_out).transpose(1, 2)
+        return torch.cat([video, audio], dim=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, t, n, d = tokens.shape
         x = tokens.reshape(b * t, n, d)
-        # Output tokens start from the chunk's mean token (plus a learned offset each), so the chunk's
-        # content reaches the outputs from the first step instead of waiting for attention to focus.
-        x = torch.cat([x, self.queries + x.mean(dim=1, keepdim=True)], dim=1)
+        x = torch.cat([x, self.queries + self.summaries(x)], dim=1)
         return self.encoder(x)[:, n:].reshape(b, t, self.m, d)
 
 

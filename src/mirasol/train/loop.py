@@ -108,6 +108,7 @@ def validate(model, dataset, tokenizer, stats, run_cfg, device, max_samples: int
     model.eval()
     n = min(len(dataset), max(max_samples, 1))
     loss_sum = tokens = correct = 0.0
+    by_family: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     bs = run_cfg.train.batch_size
     for start in range(0, n, bs):
         batch = _to(collate([dataset[i] for i in range(start, min(n, start + bs))]), device)
@@ -119,9 +120,14 @@ def validate(model, dataset, tokenizer, stats, run_cfg, device, max_samples: int
             samples = [dataset.samples[i] for i in batch["index"].tolist()]
             answers = predict(model, tokenizer, batch["video"], batch["audio"], batch["prompt_ids"], samples,
                               labels=stats["labels"])
-        correct += sum(normalize_answer(a) == normalize_answer(s.answer) for a, s in zip(answers, samples))
+        for answer, s in zip(answers, samples):
+            hit = normalize_answer(answer) == normalize_answer(s.answer)
+            correct += hit
+            by_family[family(s)][0] += hit
+            by_family[family(s)][1] += 1
     model.train()
-    return {"val_text_loss": loss_sum / max(tokens, 1), "val_accuracy": correct / n, "val_samples": n}
+    return {"val_text_loss": loss_sum / max(tokens, 1), "val_accuracy": correct / n, "val_samples": n,
+            "val_accuracy_by_type": {f: round(h / c, 4) for f, (h, c) in sorted(by_family.items())}}
 
 
 def _check_run_dir(out: Path, resume: bool) -> None:
@@ -299,7 +305,10 @@ def _log(metrics, writer, row: dict) -> None:
     metrics.flush()
     if writer is not None:
         for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    writer.add_scalar(f"{key}/{sub}", v, row["step"])
+            elif key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 writer.add_scalar(key, value, row["step"])
 
 

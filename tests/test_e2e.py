@@ -49,3 +49,15 @@ def test_synth_train_evaluate_ask(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.count("\n") == 2  # one answer per question (an 8-step model may answer nothing)
     assert "missing.mp4" in captured.err
+
+
+def test_quickstart_runs_the_whole_journey_small(tmp_path, capsys):
+    from mirasol.quickstart import quickstart
+
+    report = quickstart(tmp_path / "qs", num=16, progress=False,
+                        overrides=["train.max_steps=4", "train.batch_size=8", "train.eval_every=0",
+                                   "train.warmup_steps=1", "train.plots=false"])
+    saved = json.loads((tmp_path / "qs" / "report.json").read_text())
+    assert saved["n"] == report["n"] > 0 and "by_type" in saved and "answer_prior" in saved["baselines"]
+    out = capsys.readouterr().out
+    assert "all" in out and "mirasol ask --run" in out

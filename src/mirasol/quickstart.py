@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 
-def quickstart(out: str | Path = "quickstart", num: int | None = None, overrides: list[str] = (),
+QUICKSTART_CLIPS = 3000  # 11 questions each; the relational families need this many clips to generalise
+
+
+def quickstart(out: str | Path = "quickstart", num: int = QUICKSTART_CLIPS, overrides: list[str] = (),
                seed: int = 0, progress: bool = True) -> dict:
     from mirasol.data.synth import synthesize
     from mirasol.eval.evaluate import evaluate, format_table

@@ -225,7 +225,8 @@ def prepare(manifests: Sequence[str | os.PathLike], out: str | os.PathLike, cfg:
     return report
 
 
-def print_report(report: dict, out: str | os.PathLike, file=sys.stderr) -> None:
+def print_report(report: dict, out: str | os.PathLike, file=None) -> None:
+    file = file or sys.stderr  # looked up at call time, so redirected stderr is honoured
     print(f"cached {report['ok']} clips in {out} ({report['samples_usable']}/{report['samples']} manifest rows "
           f"usable); {len(report['skipped'])} skipped, {len(report['no_audio'])} without audio (silent)", file=file)
     for item in report["skipped"][:10]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mirasol.config import MirasolConfig
-from mirasol.model.layers import Block
+from mirasol.model.layers import EMBED_STD, Block
 
 
 def block_causal_mask(num_chunks: int, tokens_per_chunk: int, device=None) -> torch.Tensor:
@@ -35,7 +35,7 @@ class AVModel(nn.Module):
         d, self.m = cfg.av_dim, cfg.combiner_tokens
         self.mask_ratio = cfg.mask_ratio
         self.latent_loss_kind = cfg.latent_loss
-        self.token_pos = nn.Parameter(torch.randn(self.m, d) * 0.02)  # position within the chunk
+        self.token_pos = nn.Parameter(torch.randn(self.m, d) * EMBED_STD)  # position within the chunk
         self.mask_token = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(Block(d, cfg.av_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.av_layers))
         self.norm = nn.LayerNorm(d)

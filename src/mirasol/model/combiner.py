@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mirasol.config import MirasolConfig
-from mirasol.model.layers import Encoder
+from mirasol.model.layers import EMBED_STD, Encoder
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -43,7 +43,7 @@ class TransformerCombiner(nn.Module):
         self.audio_grid = (cfg.audio_frames_per_chunk // cfg.audio_patch_frames, cfg.n_mels // cfg.audio_patch_mels)
         self.num_audio_out = self.m // 2
         self.video_regions = _grid(self.m - self.num_audio_out)
-        self.queries = nn.Parameter(torch.randn(self.m, cfg.av_dim) * 0.02)
+        self.queries = nn.Parameter(torch.randn(self.m, cfg.av_dim) * EMBED_STD)
         self.encoder = Encoder(cfg.av_dim, cfg.av_heads, cfg.combiner_layers, cfg.mlp_ratio, cfg.dropout)
 
     def summaries(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,9 +81,9 @@ class TTMCombiner(nn.Module):
     def __init__(self, cfg: MirasolConfig):
         super().__init__()
         d = cfg.av_dim
-        self.memory_init = nn.Parameter(torch.randn(cfg.ttm_memory_tokens, d) * 0.02)
+        self.memory_init = nn.Parameter(torch.randn(cfg.ttm_memory_tokens, d) * EMBED_STD)
         # Role embeddings tell the summarisers which tokens are memory, input or processed output.
-        self.role = nn.Parameter(torch.randn(3, d) * 0.02)
+        self.role = nn.Parameter(torch.randn(3, d) * EMBED_STD)
         self.read = TokenLearner(d, cfg.ttm_read_tokens)
         self.process = Encoder(d, cfg.av_heads, cfg.combiner_layers, cfg.mlp_ratio, cfg.dropout)
         self.write = TokenLearner(d, cfg.ttm_memory_tokens)

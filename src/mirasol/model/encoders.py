@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mirasol.config import MirasolConfig
-from mirasol.model.layers import Encoder
+from mirasol.model.layers import EMBED_STD, Encoder
 
 
 class VideoEncoder(nn.Module):
@@ -18,7 +18,8 @@ class VideoEncoder(nn.Module):
         super().__init__()
         self.t, self.p = cfg.tubelet_size, cfg.patch_size
         self.embed = nn.Linear(self.t * 3 * self.p * self.p, cfg.video_dim)
-        self.pos = nn.Parameter(torch.randn(cfg.video_tokens_per_chunk, cfg.video_dim) * 0.02)
+        self.embed.unit_scale = True  # see Mirasol._init_weights
+        self.pos = nn.Parameter(torch.randn(cfg.video_tokens_per_chunk, cfg.video_dim) * EMBED_STD)
         self.encoder = Encoder(cfg.video_dim, cfg.video_heads, cfg.video_layers, cfg.mlp_ratio, cfg.dropout)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,8 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.pm, self.pf = cfg.audio_patch_mels, cfg.audio_patch_frames
         self.embed = nn.Linear(self.pm * self.pf, cfg.audio_dim)
-        self.pos = nn.Parameter(torch.randn(cfg.audio_tokens_per_chunk, cfg.audio_dim) * 0.02)
+        self.embed.unit_scale = True
+        self.pos = nn.Parameter(torch.randn(cfg.audio_tokens_per_chunk, cfg.audio_dim) * EMBED_STD)
         self.encoder = Encoder(cfg.audio_dim, cfg.audio_heads, cfg.audio_layers, cfg.mlp_ratio, cfg.dropout)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:

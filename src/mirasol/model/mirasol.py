@@ -26,6 +26,7 @@ from mirasol.model import generation
 from mirasol.model.av_model import AVModel
 from mirasol.model.combiner import build_combiner
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
+from mirasol.model.layers import EMBED_STD
 from mirasol.model.text_decoder import TextDecoder
 
 IGNORE_INDEX = -100
@@ -69,7 +70,8 @@ class Mirasol(nn.Module):
         self.audio_encoder = AudioEncoder(cfg)
         self.video_proj = nn.Linear(cfg.video_dim, cfg.av_dim)
         self.audio_proj = nn.Linear(cfg.audio_dim, cfg.av_dim)
-        self.modality = nn.Parameter(torch.randn(2, cfg.av_dim) * 0.02)  # video, audio
+        self.video_proj.unit_scale = self.audio_proj.unit_scale = True
+        self.modality = nn.Parameter(torch.randn(2, cfg.av_dim) * EMBED_STD)  # video, audio
         self.combiner = build_combiner(cfg)
         self.av_model = AVModel(cfg)
         self.text_decoder = TextDecoder(cfg)
@@ -78,11 +80,18 @@ class Mirasol(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-style: small normal weights and residual output projections scaled down with depth,
         # so that the deep media -> combiner -> AV -> text path starts near identity and trains
-        # quickly (PyTorch's default fan-in init made every block's update large).
+        # quickly (PyTorch's default fan-in init made every block's update large). Input
+        # projections (patch embeddings, modality projections) keep unit scale instead, so that
+        # content starts as large as the position and modality embeddings added to it.
         if isinstance(module, nn.Linear):
             depth = 2 * max(self.cfg.video_layers, self.cfg.audio_layers, self.cfg.combiner_layers,
                             self.cfg.av_layers, self.cfg.text_layers)
-            std = 0.02 / math.sqrt(depth) if getattr(module, "residual_out", False) else 0.02
+            if getattr(module, "unit_scale", False):
+                std = module.in_features ** -0.5
+            elif getattr(module, "residual_out", False):
+                std = 0.02 / math.sqrt(depth)
+            else:
+                std = 0.02
             nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

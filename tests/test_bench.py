@@ -1,0 +1,52 @@
+"""Smoke tests of `mirasol bench`: the benchmarks run at toy sizes and return what they promise.
+No timing assertions (the machine may be busy)."""
+
+import json
+
+import pytest
+
+from mirasol import MirasolConfig
+from mirasol import bench
+
+
+def test_generate_smoke():
+    r = bench.bench_generate(batch=2, new_tokens=5, prompt_len=4, repeats=1, warmup=0, quiet=True)
+    for key in ("cached", "uncached", "cached_ms_per_token", "uncached_ms_per_token", "speedup",
+                "identical_tokens", "new_tokens", "batch"):
+        assert key in r
+    assert r["new_tokens"] == 5  # EOS is disabled: every row runs the full length
+    assert r["identical_tokens"] is True
+    assert r["cached"]["median_s"] > 0 and len(r["uncached"]["times_s"]) == 1
+    json.dumps(r)
+
+
+def test_step_smoke():
+    r = bench.bench_step(batch_sizes=(2,), combiners=("transformer", "ttm"), repeats=1, warmup=0, quiet=True)
+    assert set(r["results"]) == {"transformer/b2", "ttm/b2"}
+    for v in r["results"].values():
+        for key in ("median_s", "min_s", "samples_per_s", "batch", "combiner", "parameters"):
+            assert key in v
+        assert v["samples_per_s"] > 0
+    json.dumps(r)
+
+
+def test_chunks_smoke():
+    r = bench.bench_chunks(chunks=(1, 2), batch=1, repeats=1, warmup=0, overrides={"image_size": 32}, quiet=True)
+    assert set(r["results"]) == {"1", "2"}
+    two = r["results"]["2"]
+    cfg = MirasolConfig.preset("tiny", num_chunks=2, **{**bench.CHUNK_OVERRIDES, "image_size": 32})
+    assert two["baseline_tokens"] == 2 * (cfg.video_tokens_per_chunk + cfg.audio_tokens_per_chunk)
+    assert {"chunked_ms_per_chunk", "baseline_ms_per_chunk", "baseline_over_chunked"} <= set(two)
+    assert {"chunked_time_growth", "baseline_time_growth"} <= set(r["summary"])
+
+
+def test_attention_elements_grow_quadratically_only_for_the_baseline():
+    small = bench.attention_elements(MirasolConfig.preset("tiny", num_chunks=2, **bench.CHUNK_OVERRIDES))
+    large = bench.attention_elements(MirasolConfig.preset("tiny", num_chunks=8, **bench.CHUNK_OVERRIDES))
+    assert large["baseline"] == 16 * small["baseline"]
+    assert large["chunked"] < 8 * small["chunked"] * 1.1  # per-chunk terms dominate: ~linear
+
+
+def test_unknown_benchmark_is_rejected():
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        bench.run("nope")

@@ -1,7 +1,6 @@
 """`prepare` / the clip cache and the dataset built on it."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

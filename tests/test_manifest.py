@@ -87,7 +87,7 @@ def test_errors_name_file_line_and_key(tmp_path, line, key, fragment):
     err = info.value
     assert err.line == 3 and err.key == key and err.path == str(m)
     msg = str(err)
-    assert f"bad.jsonl:3" in msg and fragment in msg
+    assert "bad.jsonl:3" in msg and fragment in msg
     if key:
         assert f"'{key}'" in msg
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import media_batch
 from mirasol import Mirasol, MirasolConfig

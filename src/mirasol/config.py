@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 COMBINERS = ("transformer", "ttm")

@@ -2,3 +2,5 @@
 
 from mirasol.data.clip import Clip, load_clip
 from mirasol.data.decode import MediaError, NoAudioError
+
+__all__ = ["Clip", "MediaError", "NoAudioError", "load_clip"]

@@ -9,7 +9,6 @@ cross-attention keys/values are computed once per clip.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mirasol.model.text_decoder import TextDecoder
 

@@ -302,24 +302,28 @@ def oracle_answers(path, phase):
     return family_answers(shape, direction, colours, *solve_audio(audio))
 
 
+def oracle_accuracy(out, answer_clip) -> dict:
+    """Accuracy per family of `answer_clip(video path) -> {family: answer}` over every clip of every split."""
+    by_clip = defaultdict(list)
+    for row in (row for split in SPLITS for row in read_rows(out / f"{split}.jsonl")):
+        by_clip[row["video"]].append(row)
+    assert len(by_clip) == 40
+    right, total = Counter(), Counter()
+    for video, clip_rows in by_clip.items():
+        predicted = answer_clip(out / video)
+        for row in clip_rows:
+            total[row["type"]] += 1
+            right[row["type"]] += predicted[row["type"]] == row["answer"]
+    return {family: right[family] / total[family] for family in total}
+
+
 @pytest.mark.parametrize("phase", [0.0, 0.25])
 def test_oracle_answers_from_media_alone(dataset, phase):
     """A hand-written solver that sees only the decoded media (32x32 at 2 fps sampled by
     timestamp, 16 kHz mono audio) answers every family: the information survives H.264/AAC
     encoding and the tiny preset's resolution, whatever the frame phase."""
     out, _ = dataset
-    rows = [row for split in SPLITS for row in read_rows(out / f"{split}.jsonl")]
-    by_clip = defaultdict(list)
-    for row in rows:
-        by_clip[row["video"]].append(row)
-    assert len(by_clip) == 40
-    right, total = Counter(), Counter()
-    for video, clip_rows in by_clip.items():
-        predicted = oracle_answers(out / video, phase)
-        for row in clip_rows:
-            total[row["type"]] += 1
-            right[row["type"]] += predicted[row["type"]] == row["answer"]
-    accuracy = {family: right[family] / total[family] for family in total}
+    accuracy = oracle_accuracy(out, lambda path: oracle_answers(path, phase))
     assert set(accuracy) == set(ALL_FAMILIES)
     assert all(a >= 0.95 for a in accuracy.values()), accuracy
 
@@ -357,24 +361,18 @@ def test_oracle_on_model_inputs(dataset):
 
     cfg = MirasolConfig.preset("tiny")
     out, _ = dataset
-    rows = [row for split in SPLITS for row in read_rows(out / f"{split}.jsonl")]
-    by_clip = defaultdict(list)
-    for row in rows:
-        by_clip[row["video"]].append(row)
     band_hz = features.mel_band_centres(cfg.sample_rate, cfg.n_mels)
-    right, total = Counter(), Counter()
-    for video, clip_rows in by_clip.items():
-        clip = clip_mod.load_clip(out / video, cfg)
+
+    def answer_clip(path):
+        clip = clip_mod.load_clip(path, cfg)
         assert tuple(clip.video.shape) == (cfg.num_frames, 3, cfg.image_size, cfg.image_size)
         assert clip.has_audio and clip.valid_chunks == cfg.num_chunks
         small = clip.video.permute(0, 2, 3, 1).numpy() * 255.0
         shape, direction, colours, _ = solve_video(small)
         pitch, beeps, noise_second, first = solve_log_mel(
             clip.audio.numpy(), band_hz, cfg.audio_hop_ms / 1000.0, features.LOG_MEL_SHIFT, features.LOG_MEL_SCALE)
-        predicted = family_answers(shape, direction, colours, pitch, beeps, noise_second, first)
-        for row in clip_rows:
-            total[row["type"]] += 1
-            right[row["type"]] += predicted[row["type"]] == row["answer"]
-    accuracy = {family: right[family] / total[family] for family in total}
+        return family_answers(shape, direction, colours, pitch, beeps, noise_second, first)
+
+    accuracy = oracle_accuracy(out, answer_clip)
     assert set(accuracy) == set(ALL_FAMILIES)
     assert all(a >= 0.95 for a in accuracy.values()), accuracy

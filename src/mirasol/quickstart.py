@@ -29,7 +29,7 @@ def quickstart(out: str | Path = "quickstart", num: int = QUICKSTART_CLIPS, over
     run = out / "run"
     resume = (run / "checkpoints").exists()
     print(f"[2/3] training the tiny model in {run}" + (" (resuming)" if resume else ""), file=sys.stderr)
-    if not resume or not (run / "model.safetensors").exists() or _steps_done(run) < run_cfg.train.max_steps:
+    if not resume or _steps_done(run) < run_cfg.train.max_steps:
         train(run_cfg, str(data / "train.jsonl"), str(data / "val.jsonl"), run, resume=resume, progress=progress)
     print("[3/3] evaluating on the test split", file=sys.stderr)
     report = evaluate(run, data / "test.jsonl", out / "report.json", progress=progress)

@@ -27,10 +27,9 @@ from tqdm import tqdm
 from mirasol.config import ConfigError
 from mirasol.data.cache import ClipCache, media_settings, prepare, print_report
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate
-from mirasol.data.manifest import read_manifest
+from mirasol.data.manifest import normalize_answer, read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import predict
-from mirasol.data.manifest import normalize_answer
 from mirasol.model import IGNORE_INDEX, Mirasol
 from mirasol.train import checkpoint as ckpt
 from mirasol.train.config import RunConfig, load_run_config

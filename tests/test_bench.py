@@ -21,8 +21,9 @@ def test_generate_smoke():
 
 
 def test_step_smoke():
-    r = bench.bench_step(batch_sizes=(2,), combiners=("transformer", "ttm"), repeats=1, warmup=0, quiet=True)
-    assert set(r["results"]) == {"transformer/b2", "ttm/b2"}
+    r = bench.bench_step(batch_sizes=(2,), combiners=("transformer", "ttm"), repeats=1, warmup=0, quiet=True,
+                         questions_per_clip=(1, 2, 4))
+    assert set(r["results"]) == {"transformer/b2/k1", "transformer/b2/k2", "ttm/b2/k1", "ttm/b2/k2"}  # 4 skipped
     for v in r["results"].values():
         for key in ("median_s", "min_s", "samples_per_s", "batch", "combiner", "parameters"):
             assert key in v

@@ -11,7 +11,7 @@ from mirasol import MirasolConfig
 from mirasol.cli import main as cli
 from mirasol.data import cache as cache_mod
 from mirasol.data.cache import CacheError, ClipCache, clip_key, prepare
-from mirasol.data.dataset import ClipDataset, EpochBatches, collate
+from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
 from mirasol.data.manifest import read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 from mirasol.model import IGNORE_INDEX
@@ -94,10 +94,22 @@ def test_dataset_and_collate_build_model_batches(manifest, tmp_path):
     tok = MirasolTokenizer.train(tokenizer_texts(samples), vocab_size=300)
     ds = ClipDataset(samples, ClipCache(tmp_path / "c", cfg), tok, max_len=32)
     assert len(ds) == 4 and ds.skipped == 1
-    batch = collate([ds[i] for i in range(len(ds))], tok.pad_id)
-    assert batch["video"].shape == (4, cfg.num_frames, 3, 32, 32) and batch["video"].dtype == torch.float32
+    items = [ds[i] for i in range(len(ds))]
+    batch = collate(items, tok.pad_id)
+    # rows "good" and "same-clip" ask about one clip: it is stacked once and both rows point at it
+    assert batch["media_index"].tolist() == [0, 1, 0, 2]
+    assert batch["video"].shape == (3, cfg.num_frames, 3, 32, 32) and batch["video"].dtype == torch.float32
     assert 0 <= batch["video"].min() and batch["video"].max() <= 1
-    assert batch["audio"].shape == (4, cfg.n_mels, cfg.audio_frames)
+    assert batch["audio"].shape == (3, cfg.n_mels, cfg.audio_frames)
+    for row, it in enumerate(items):
+        slot = batch["media_index"][row]
+        assert torch.equal(batch["video"][slot], it["video"].float() / 255) and torch.equal(batch["audio"][slot], it["audio"])
+    part = select_rows(batch, 1, 4)  # a micro-batch keeps only the clips its rows use
+    assert part["video"].shape[0] == 3 and part["input_ids"].shape[0] == 3
+    assert torch.equal(part["video"][part["media_index"]], batch["video"][batch["media_index"][1:4]])
+    part = select_rows(batch, 2, 4)
+    assert part["video"].shape[0] == 2 and torch.equal(part["audio"][part["media_index"]],
+                                                         batch["audio"][batch["media_index"][2:4]])
     ids, labels = batch["input_ids"], batch["labels"]
     assert ids.shape == labels.shape
     for row in range(4):
@@ -118,3 +130,21 @@ def test_epoch_batches_are_deterministic_and_split_by_rank():
     r0 = EpochBatches(10, 4, seed=3, rank=0, world=2).batch(0)
     r1 = EpochBatches(10, 4, seed=3, rank=1, world=2).batch(0)
     assert sorted(r0 + r1) == sorted(first[0])
+
+
+def test_epoch_batches_keep_questions_about_one_clip_together():
+    clips = [i // 5 for i in range(40)]  # 8 clips with 5 rows each
+    batches = EpochBatches(40, 8, seed=1, clips=clips, questions_per_clip=3)
+    epoch = [batches.batch(b) for b in range(5)]
+    rows = sum(epoch, [])
+    assert sorted(rows) == list(range(40))  # every row once per epoch
+    for clip in range(8):  # a clip's 5 rows come as runs of 3 + 2 (which may happen to touch)
+        where = [n for n, i in enumerate(rows) if clips[i] == clip]
+        blocks = 1 + sum(b - a > 1 for a, b in zip(where, where[1:]))
+        assert blocks <= 2, (clip, where)
+    distinct = [len({clips[i] for i in b}) for b in epoch]
+    assert sum(distinct) / len(distinct) < 5  # versus about 6.5 for 8 rows drawn freely
+    assert batches.batch(7) == EpochBatches(40, 8, seed=1, start_batch=7, clips=clips, questions_per_clip=3).batch(7)
+    assert batches.batch(5) != epoch[0]  # the next epoch is ordered afresh
+    with pytest.raises(ValueError, match="clip id"):
+        EpochBatches(40, 8, seed=1, questions_per_clip=3)

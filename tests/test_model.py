@@ -195,6 +195,23 @@ def test_text_loss_covers_answer_tokens_only():
     assert model(video, audio, ids, labels2).text_loss.item() != pytest.approx(out.text_loss.item())
 
 
+def test_media_index_shares_one_encoding_between_questions():
+    """Rows asking about the same clip via media_index give exactly the logits and text loss of
+    repeating that clip's media per row."""
+    cfg = tiny(latent_loss_weight=0.0)
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg, batch=2)
+    ids = torch.tensor([[1, 9, 3, 20, 2], [1, 10, 3, 21, 2], [1, 11, 3, 22, 2]])
+    labels = torch.tensor([[-100, -100, -100, 20, 2], [-100, -100, -100, 21, 2], [-100, -100, -100, 22, 2]])
+    index = torch.tensor([1, 0, 1])
+    shared = model(video, audio, ids, labels, media_index=index)
+    repeated = model(video[index], audio[index], ids, labels)
+    torch.testing.assert_close(shared.logits, repeated.logits, atol=1e-5, rtol=1e-5)
+    assert shared.text_loss.item() == pytest.approx(repeated.text_loss.item(), abs=1e-6)
+    swapped = model(video, audio, ids, labels, media_index=1 - index)
+    assert not torch.allclose(swapped.logits, shared.logits, atol=1e-4)  # the index really picks the clip
+
+
 @pytest.mark.parametrize("kind", ["mse", "cosine"])
 def test_latent_loss_target_is_detached_and_masking_changes_training_only(kind):
     cfg = tiny(latent_loss=kind, mask_ratio=0.5, text_loss_weight=0.0)

@@ -5,7 +5,8 @@ several repeats taken round-robin over the variants, so that a change in backgro
 every variant alike; the median is reported), prints a small table and returns a dict. The thread
 count is left at torch's default and reported with the torch version.
 
-    step       forward + backward + AdamW step of the tiny preset, batch 8 and 32, both combiners
+    step       forward + backward + AdamW step of the tiny preset, batch 8 and 32, both combiners,
+               one question per clip vs 4 questions sharing each clip's encoding
     chunks     encode_media cost vs number of chunks T, chunked model vs one unchunked transformer
     generate   greedy decoding of 32 tokens with and without the KV cache (and: same tokens?)
     data       data-loader time per batch from the clip cache vs the training step on that batch
@@ -106,19 +107,23 @@ def print_table(title: str, headers: list[str], rows: list[list], file=sys.stdou
     file.flush()
 
 
-def random_batch(cfg: MirasolConfig, batch: int, text_len: int = 24, prompt_len: int = 16, seed: int = 0) -> dict:
-    """Random media and a prompt + answer of `text_len` tokens (loss on the last text_len - prompt_len)."""
+def random_batch(cfg: MirasolConfig, batch: int, text_len: int = 24, prompt_len: int = 16, seed: int = 0,
+                 questions_per_clip: int = 1) -> dict:
+    """Random media and a prompt + answer of `text_len` tokens (loss on the last text_len - prompt_len);
+    with questions_per_clip k, `batch` text rows ask about batch / k clips (media_index)."""
     g = torch.Generator().manual_seed(seed)
-    video = torch.rand(batch, cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=g)
-    audio = torch.randn(batch, cfg.n_mels, cfg.audio_frames, generator=g)
+    clips = batch // questions_per_clip
+    video = torch.rand(clips, cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=g)
+    audio = torch.randn(clips, cfg.n_mels, cfg.audio_frames, generator=g)
     ids = torch.randint(4, cfg.vocab_size, (batch, text_len), generator=g)
     labels = ids.clone()
     labels[:, :prompt_len] = IGNORE_INDEX
-    return {"video": video, "audio": audio, "input_ids": ids, "labels": labels}
+    media_index = torch.arange(clips).repeat_interleave(questions_per_clip)
+    return {"video": video, "audio": audio, "input_ids": ids, "labels": labels, "media_index": media_index}
 
 
 def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict) -> None:
-    out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"])
+    out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"], media_index=batch["media_index"])
     out.loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -129,8 +134,11 @@ def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict) -
 
 
 def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: str = "tiny",
-               repeats: int = 5, warmup: int = 2, overrides: dict | None = None, quiet: bool = False) -> dict:
-    """Forward + backward + AdamW step time per (combiner, batch size); samples per second."""
+               repeats: int = 5, warmup: int = 2, overrides: dict | None = None, quiet: bool = False,
+               questions_per_clip=(1, 4)) -> dict:
+    """Forward + backward + AdamW step time per (combiner, batch size, questions per clip);
+    samples (text rows) per second. Questions per clip k: the batch's rows ask about batch / k
+    clips, each encoded once (`train.questions_per_clip`)."""
     torch.manual_seed(0)
     variants, meta = {}, {}
     for combiner in combiners:
@@ -138,22 +146,26 @@ def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: st
         model = Mirasol(cfg).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for bs in batch_sizes:
-            name = f"{combiner}/b{bs}"
-            batch = random_batch(cfg, bs)
-            variants[name] = (lambda m=model, o=optimizer, b=batch: _train_step(m, o, b))
-            meta[name] = {"combiner": combiner, "batch": bs, "parameters": model.num_parameters()["total"]}
+            for k in questions_per_clip:
+                if bs % k:
+                    continue
+                name = f"{combiner}/b{bs}/k{k}"
+                batch = random_batch(cfg, bs, questions_per_clip=k)
+                variants[name] = (lambda m=model, o=optimizer, b=batch: _train_step(m, o, b))
+                meta[name] = {"combiner": combiner, "batch": bs, "questions_per_clip": k,
+                              "parameters": model.num_parameters()["total"]}
     times = measure(variants, repeats, warmup)
     rows = []
     for name, t in times.items():
         meta[name].update(t)
         meta[name]["samples_per_s"] = meta[name]["batch"] / t["median_s"]
-        rows.append([meta[name]["combiner"], meta[name]["batch"], 1000 * t["median_s"], 1000 * t["min_s"],
-                     meta[name]["samples_per_s"]])
+        rows.append([meta[name]["combiner"], meta[name]["batch"], meta[name]["questions_per_clip"],
+                     1000 * t["median_s"], 1000 * t["min_s"], meta[name]["samples_per_s"]])
     result = {"preset": preset, "overrides": overrides or {}, "repeats": repeats, "warmup": warmup,
               "text_len": 24, "results": meta}
     if not quiet:
         print_table(f"step: {preset} preset, forward + backward + AdamW (median of {repeats})",
-                    ["combiner", "batch", "median ms", "min ms", "samples/s"], rows)
+                    ["combiner", "batch", "questions/clip", "median ms", "min ms", "samples/s"], rows)
     return result
 
 

@@ -21,6 +21,8 @@ class ClipDataset(Dataset):
         self.samples = [s for s in samples if clip_key(s.video, s.start, s.end) in cache]
         self.skipped = len(samples) - len(self.samples)
         self.keys = [clip_key(s.video, s.start, s.end) for s in self.samples]
+        ids: dict[str, int] = {}
+        self.clip_ids = [ids.setdefault(k, len(ids)) for k in self.keys]  # rows of one clip share an id
         self.examples = [tokenizer.encode_example(prompt_text(s), s.answer, max_len) for s in self.samples]
         self.prompts = [tokenizer.encode_prompt(prompt_text(s), max_len) for s in self.samples]
 
@@ -37,6 +39,7 @@ class ClipDataset(Dataset):
             "labels": labels,
             "prompt_ids": self.prompts[i],
             "index": i,
+            "clip": self.clip_ids[i],
         }
 
 
@@ -52,10 +55,21 @@ def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
 
 
 def collate(items: list[dict], pad_id: int = 0) -> dict:
-    """Stack clips (video to floats in [0, 1]); right-pad input_ids/labels, left-pad prompts."""
+    """Stack each distinct clip once (video to floats in [0, 1]) and point every row at its clip
+    with `media_index`, so questions about one clip share one media encoding. Right-pad
+    input_ids/labels, left-pad prompts."""
+    slot: dict = {}
+    media_index, clips = [], []
+    for n, it in enumerate(items):
+        key = it.get("clip", ("row", n))  # items without a clip id are clips of their own
+        if key not in slot:
+            slot[key] = len(clips)
+            clips.append(it)
+        media_index.append(slot[key])
     return {
-        "video": torch.stack([it["video"] for it in items]).float().div_(255.0),
-        "audio": torch.stack([it["audio"] for it in items]),
+        "video": torch.stack([it["video"] for it in clips]).float().div_(255.0),
+        "audio": torch.stack([it["audio"] for it in clips]),
+        "media_index": torch.tensor(media_index),
         "input_ids": _pad([it["input_ids"] for it in items], pad_id),
         "labels": _pad([it["labels"] for it in items], IGNORE_INDEX),
         "prompt_ids": _pad([it["prompt_ids"] for it in items], pad_id, left=True),
@@ -63,22 +77,57 @@ def collate(items: list[dict], pad_id: int = 0) -> dict:
     }
 
 
-class EpochBatches:
-    """Deterministic batches of a global batch size: batch b comes from a permutation seeded by
-    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would. With
-    several processes, rank r takes every world-th item of each global batch."""
+MEDIA_KEYS = ("video", "audio")
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world: int = 1):
+
+def select_rows(batch: dict, lo: int, hi: int) -> dict:
+    """Rows lo..hi of a collated batch with only the clips they use (a micro-batch)."""
+    used, media_index = torch.unique(batch["media_index"][lo:hi], return_inverse=True)
+    part = {k: v[lo:hi] for k, v in batch.items() if torch.is_tensor(v) and k not in MEDIA_KEYS}
+    part.update({k: batch[k][used] for k in MEDIA_KEYS})
+    part["media_index"] = media_index
+    return part
+
+
+class EpochBatches:
+    """Deterministic batches of a global batch size: batch b comes from an order seeded by
+    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would. With
+    several processes, rank r takes the r-th contiguous share of each global batch.
+
+    With `questions_per_clip` k > 1 (and `clips`, the clip id of every row), the epoch's order
+    keeps up to k rows of the same clip next to each other: every row still comes once per
+    epoch, but a batch of B rows holds about B / k clips, and `collate` encodes each clip once."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world: int = 1,
+                 clips: list[int] | None = None, questions_per_clip: int = 1):
         if size < batch_size:
             raise ValueError(f"the dataset has {size} usable samples, fewer than batch_size={batch_size}")
+        if questions_per_clip > 1 and (clips is None or len(clips) != size):
+            raise ValueError("questions_per_clip > 1 needs the clip id of every row")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.rank, self.world = start_batch, rank, world
+        self.clips, self.k = clips, questions_per_clip
         self.per_epoch = size // batch_size
+        self._order: tuple[int, list[int]] | None = None
+
+    def order(self, epoch: int) -> list[int]:
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            perm = torch.randperm(self.size, generator=g).tolist()
+            if self.k > 1:
+                by_clip: dict[int, list[int]] = {}
+                for i in perm:  # each clip's rows, in shuffled order
+                    by_clip.setdefault(self.clips[i], []).append(i)
+                runs = [rows[j:j + self.k] for rows in by_clip.values() for j in range(0, len(rows), self.k)]
+                perm = [i for r in torch.randperm(len(runs), generator=g).tolist() for i in runs[r]]
+            self._order = (epoch, perm)
+        return self._order[1]
 
     def batch(self, b: int) -> list[int]:
         epoch, j = divmod(b, self.per_epoch)
-        perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-        return perm[j * self.batch_size:(j + 1) * self.batch_size].tolist()[self.rank::self.world]
+        rows = self.order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
+        share = self.batch_size // self.world
+        return rows[self.rank * share:(self.rank + 1) * share]
 
     def __iter__(self):
         b = self.start

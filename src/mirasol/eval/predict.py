@@ -15,8 +15,11 @@ from mirasol.model import Mirasol
 @torch.no_grad()
 def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, audio: torch.Tensor,
             prompt_ids: torch.Tensor, samples: list[Sample], labels: list[str] | None = None,
-            max_new_tokens: int = 24) -> list[str]:
+            max_new_tokens: int = 24, media_index: torch.Tensor | None = None) -> list[str]:
+    """media_index [B]: row i asks about clip media_index[i] of video/audio (see `collate`)."""
     memory = model.encode_media(video, audio).flatten(1, 2)
+    if media_index is not None:
+        memory = memory[media_index]
     from mirasol.model.generation import generate, score_candidates
 
     cfg = model.cfg

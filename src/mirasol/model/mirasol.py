@@ -111,14 +111,19 @@ class Mirasol(nn.Module):
         return self.av_model(self.combine(video, audio))
 
     # --- training -----------------------------------------------------------------------------
-    def forward(self, video, audio, input_ids, labels=None, attention_mask=None) -> MirasolOutput:
+    def forward(self, video, audio, input_ids, labels=None, attention_mask=None, media_index=None) -> MirasolOutput:
         """input_ids [B, L] = prompt + answer + EOS (padded with pad_token_id); labels [B, L] equal
-        input_ids on answer positions and IGNORE_INDEX elsewhere (HF-style: shifted here)."""
+        input_ids on answer positions and IGNORE_INDEX elsewhere (HF-style: shifted here).
+        media_index [B] (optional): text row i asks about clip media_index[i] of video/audio, so
+        several questions about one clip share its encoding; without it row i is clip i."""
         z = self.combine(video, audio)
         h = self.av_model(z)
         if attention_mask is None:
             attention_mask = input_ids != self.cfg.pad_token_id
-        hidden = self.text_decoder(input_ids, memory=h.flatten(1, 2), attention_mask=attention_mask)
+        memory = h.flatten(1, 2)
+        if media_index is not None:
+            memory = memory[media_index]
+        hidden = self.text_decoder(input_ids, memory=memory, attention_mask=attention_mask)
         logits = self.text_decoder.logits(hidden)
         if labels is None:
             return MirasolOutput(None, None, None, logits)

@@ -41,6 +41,9 @@ def _check_keys(section: str, values: dict, cls) -> None:
 class TrainConfig:
     batch_size: int = 32  # global batch per optimizer step (split over processes and accumulation)
     grad_accum: int = 1  # micro-batches per optimizer step
+    # Rows about the same clip kept together in a batch (up to this many), so the clip's media is
+    # encoded once for all of them: with many questions per clip, much cheaper steps.
+    questions_per_clip: int = 1
     max_steps: int = 1000
     lr: float = 1e-3
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
@@ -58,7 +61,7 @@ class TrainConfig:
     plots: bool = True
 
     def validate(self) -> None:
-        for key in ("batch_size", "grad_accum", "max_steps", "log_every", "keep_checkpoints", "save_every"):
+        for key in ("batch_size", "grad_accum", "questions_per_clip", "max_steps", "log_every", "keep_checkpoints", "save_every"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"config key 'train.{key}': must be a positive integer, got {value!r}")

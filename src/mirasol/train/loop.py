@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mirasol.config import ConfigError
 from mirasol.data.cache import ClipCache, media_settings, prepare, print_report
-from mirasol.data.dataset import ClipDataset, EpochBatches, collate
+from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
 from mirasol.data.manifest import normalize_answer, read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import predict
@@ -112,13 +112,14 @@ def validate(model, dataset, tokenizer, stats, run_cfg, device, max_samples: int
     for start in range(0, n, bs):
         batch = _to(collate([dataset[i] for i in range(start, min(n, start + bs))]), device)
         with _autocast(run_cfg, device):
-            out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"])
+            out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"],
+                        media_index=batch["media_index"])
             count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
             loss_sum += out.text_loss.item() * count
             tokens += count
             samples = [dataset.samples[i] for i in batch["index"].tolist()]
             answers = predict(model, tokenizer, batch["video"], batch["audio"], batch["prompt_ids"], samples,
-                              labels=stats["labels"])
+                              labels=stats["labels"], media_index=batch["media_index"])
         for answer, s in zip(answers, samples):
             hit = normalize_answer(answer) == normalize_answer(s.answer)
             correct += hit
@@ -205,7 +206,8 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     micro = tc.batch_size // world // tc.grad_accum
-    batches = EpochBatches(len(train_set), tc.batch_size, tc.seed, start_batch=step, rank=rank, world=world)
+    batches = EpochBatches(len(train_set), tc.batch_size, tc.seed, start_batch=step, rank=rank, world=world,
+                           clips=train_set.clip_ids, questions_per_clip=tc.questions_per_clip)
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=batches, num_workers=run_cfg.data.workers,
         collate_fn=lambda items: collate(items, tokenizer.pad_id), persistent_workers=run_cfg.data.workers > 0,
@@ -221,8 +223,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
         data_iter = iter(loader)
         while step < tc.max_steps:
             batch = _to(next(data_iter), device)
-            parts = [{k: v[i * micro:(i + 1) * micro] if torch.is_tensor(v) else v for k, v in batch.items()}
-                     for i in range(tc.grad_accum)]
+            parts = [select_rows(batch, i * micro, (i + 1) * micro) for i in range(tc.grad_accum)]
             # Weigh each micro-batch's token-mean text loss by its share of the global batch's answer
             # tokens, so any split over processes and accumulation gives the one-process gradient.
             counts = [(p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts]
@@ -231,7 +232,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
             for i, p in enumerate(parts):
                 sync = ddp.no_sync() if world > 1 and i < len(parts) - 1 else nullcontext()
                 with sync, _autocast(run_cfg, device):
-                    out_ = ddp(p["video"], p["audio"], p["input_ids"], p["labels"])
+                    out_ = ddp(p["video"], p["audio"], p["input_ids"], p["labels"], media_index=p["media_index"])
                     text = out_.text_loss * counts[i] / total_tokens * world
                     latent = out_.latent_loss / tc.grad_accum
                     loss = run_cfg.model.text_loss_weight * text + run_cfg.model.latent_loss_weight * latent

@@ -31,6 +31,7 @@ def manifest(tmp_path):
          "task": "caption", "answer": "a pancake is flipped"},
         {"id": "same-clip", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "task": "classify", "answer": "cooking"},
         {"id": "silent", "video": str(SAMPLES / "one_pixel.mp4"), "task": "classify", "answer": "pixel"},
+        {"id": "short", "video": str(SAMPLES / "big_buck_bunny_432_433.webm"), "task": "classify", "answer": "short"},
         {"id": "broken", "video": "empty.mp4", "task": "classify", "answer": "none"},
     ]
     path = tmp_path / "m.jsonl"
@@ -42,7 +43,7 @@ def test_prepare_reports_ok_skipped_and_silent_clips(manifest, tmp_path):
     cfg = MirasolConfig.preset("tiny")
     out = tmp_path / "cache"
     report = prepare([manifest], out, cfg, workers=2, progress=False)
-    assert report["ok"] == 3  # pancake whole, pancake window, one_pixel; the same clip is cached once
+    assert report["ok"] == 4  # pancake whole, pancake window, one_pixel, bunny; the same clip is cached once
     assert [s["id"] for s in report["skipped"]] == ["broken"]
     assert "empty.mp4" in report["skipped"][0]["reason"]
     assert report["no_audio"] == ["silent"]
@@ -69,9 +70,9 @@ def test_prepare_is_resumable_and_survives_a_torn_write(manifest, tmp_path, monk
                                  "answer": "x"}) + "\n")
     report = prepare([manifest, extra], out, cfg, workers=1, progress=False)
     assert [job[0].id for job in calls] == ["new"]  # nothing done twice, failures not retried
-    assert report["ok"] == 4
+    assert report["ok"] == 5
     data = (out / "video.u8").read_bytes()
-    assert data[: len(before)] == before and len(data) == 4 * int(np.prod((cfg.num_frames, 3, 32, 32)))
+    assert data[: len(before)] == before and len(data) == 5 * int(np.prod((cfg.num_frames, 3, 32, 32)))
 
 
 def test_cache_refuses_other_media_settings(manifest, tmp_path):
@@ -93,26 +94,29 @@ def test_dataset_and_collate_build_model_batches(manifest, tmp_path):
     samples = read_manifest(manifest)
     tok = MirasolTokenizer.train(tokenizer_texts(samples), vocab_size=300)
     ds = ClipDataset(samples, ClipCache(tmp_path / "c", cfg), tok, max_len=32)
-    assert len(ds) == 4 and ds.skipped == 1
+    assert len(ds) == 5 and ds.skipped == 1
     items = [ds[i] for i in range(len(ds))]
     batch = collate(items, tok.pad_id)
     # rows "good" and "same-clip" ask about one clip: it is stacked once and both rows point at it
-    assert batch["media_index"].tolist() == [0, 1, 0, 2]
-    assert batch["video"].shape == (3, cfg.num_frames, 3, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["media_index"].tolist() == [0, 1, 0, 2, 3]
+    assert batch["video"].shape == (4, cfg.num_frames, 3, 32, 32) and batch["video"].dtype == torch.float32
     assert 0 <= batch["video"].min() and batch["video"].max() <= 1
-    assert batch["audio"].shape == (3, cfg.n_mels, cfg.audio_frames)
+    assert batch["audio"].shape == (4, cfg.n_mels, cfg.audio_frames)
+    # the bunny clip lasts 1 s: of the tiny preset's four 1 s chunks, the last three are padding
+    assert batch["chunk_mask"].tolist() == [[True] * 4, [True] * 4, [True] * 4, [True, False, False, False]]
     for row, it in enumerate(items):
         slot = batch["media_index"][row]
         assert torch.equal(batch["video"][slot], it["video"].float() / 255) and torch.equal(batch["audio"][slot], it["audio"])
     part = select_rows(batch, 1, 4)  # a micro-batch keeps only the clips its rows use
     assert part["video"].shape[0] == 3 and part["input_ids"].shape[0] == 3
     assert torch.equal(part["video"][part["media_index"]], batch["video"][batch["media_index"][1:4]])
-    part = select_rows(batch, 2, 4)
-    assert part["video"].shape[0] == 2 and torch.equal(part["audio"][part["media_index"]],
-                                                         batch["audio"][batch["media_index"][2:4]])
+    part = select_rows(batch, 2, 5)
+    assert part["video"].shape[0] == 3 and torch.equal(part["audio"][part["media_index"]],
+                                                         batch["audio"][batch["media_index"][2:5]])
+    assert part["chunk_mask"][-1].tolist() == [True, False, False, False]
     ids, labels = batch["input_ids"], batch["labels"]
     assert ids.shape == labels.shape
-    for row in range(4):
+    for row in range(5):
         sep = (ids[row] == tok.sep_id).nonzero()[0].item()
         assert (labels[row, : sep + 1] == IGNORE_INDEX).all()  # prompt positions ignored
         answer = labels[row][labels[row] != IGNORE_INDEX].tolist()

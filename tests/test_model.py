@@ -212,6 +212,40 @@ def test_media_index_shares_one_encoding_between_questions():
     assert not torch.allclose(swapped.logits, shared.logits, atol=1e-4)  # the index really picks the clip
 
 
+@pytest.mark.parametrize("combiner", COMBINERS)
+def test_padded_chunks_are_invisible_with_a_chunk_mask(combiner):
+    """A clip shorter than the window has padding chunks at the end; with chunk_mask they change
+    neither the text logits, nor generation, nor candidate scores, nor the latent loss."""
+    cfg = tiny(combiner=combiner, latent_loss_weight=1.0)
+    model = Mirasol(cfg).eval()
+    video, audio = media_batch(cfg, batch=2)
+    other_video, other_audio = perturb_chunk(cfg, video, audio, t=3)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    ids = torch.tensor([[1, 9, 3, 20, 2], [1, 10, 3, 21, 2]])
+    labels = torch.tensor([[-100, -100, -100, 20, 2], [-100, -100, -100, 21, 2]])
+    a = model(video, audio, ids, labels, chunk_mask=mask)
+    b = model(other_video, other_audio, ids, labels, chunk_mask=mask)
+    torch.testing.assert_close(a.logits[0], b.logits[0], atol=1e-5, rtol=1e-5)  # chunk 3 of clip 0 is padding
+    assert not torch.allclose(a.logits[1], b.logits[1], atol=1e-4)  # ... but real in clip 1
+    masked_loss = lambda v, au: model.av_model.latent_loss(  # noqa: E731
+        model.encode_media(v, au)[:1], model.combine(v, au)[:1], mask[:1])
+    assert masked_loss(video, audio).item() == pytest.approx(masked_loss(other_video, other_audio).item(), abs=1e-6)
+    unmasked = model(video, audio, ids, labels)
+    assert not torch.allclose(unmasked.logits[0], a.logits[0], atol=1e-4)  # the mask is what hid it
+    prompts = make_text(cfg)[:2]
+    for kw in ({}, {"num_beams": 2}):
+        g1 = model.generate(video, audio, prompts, max_new_tokens=5, chunk_mask=mask, **kw)
+        g2 = model.generate(other_video, other_audio, prompts, max_new_tokens=5, chunk_mask=mask, **kw)
+        assert torch.equal(g1[0], g2[0])
+    cands = [[[20], [21, 22]], [[20], [21, 22]]]
+    s1 = model.score_candidates(video, audio, prompts, cands, chunk_mask=mask)
+    s2 = model.score_candidates(other_video, other_audio, prompts, cands, chunk_mask=mask)
+    torch.testing.assert_close(s1[0], s2[0], atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(s1[1], s2[1], atol=1e-5)
+    with pytest.raises(ValueError, match="num_chunks=4"):
+        model(video, audio, ids, labels, chunk_mask=mask[:, :3])
+
+
 @pytest.mark.parametrize("kind", ["mse", "cosine"])
 def test_latent_loss_target_is_detached_and_masking_changes_training_only(kind):
     cfg = tiny(latent_loss=kind, mask_ratio=0.5, text_loss_weight=0.0)

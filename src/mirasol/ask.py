@@ -12,6 +12,7 @@ from mirasol.data.manifest import Sample, prompt_for
 def ask(run: str, video: str, question: str | None = None, start: float | None = None,
         end: float | None = None) -> str:
     from mirasol.data.clip import load_clip
+    from mirasol.data.dataset import chunk_mask
     from mirasol.eval.evaluate import load_run
     from mirasol.eval.predict import predict
 
@@ -22,7 +23,7 @@ def ask(run: str, video: str, question: str | None = None, start: float | None =
     sample = Sample(id="ask", video=video, task=task, answer="", question=question)
     prompt_ids = torch.tensor([tokenizer.encode_prompt(prompt, model.cfg.max_text_len)])
     [answer] = predict(model, tokenizer, clip.video[None], clip.audio[None], prompt_ids, [sample],
-                       labels=stats.get("labels"))
+                       labels=stats.get("labels"), chunk_mask=chunk_mask(clip.valid_chunks, model.cfg.num_chunks)[None])
     return answer
 
 

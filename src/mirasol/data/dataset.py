@@ -30,17 +30,25 @@ class ClipDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
-        video, audio, _ = self.cache.get(self.keys[i])
+        video, audio, info = self.cache.get(self.keys[i])
         input_ids, labels = self.examples[i]
         return {
             "video": torch.from_numpy(np.array(video)),  # uint8; scaled in collate (4x less to move)
             "audio": torch.from_numpy(np.asarray(audio, dtype=np.float32)),
+            "chunk_mask": chunk_mask(info.get("valid_chunks"), self.cache.cfg.num_chunks),
             "input_ids": input_ids,
             "labels": labels,
             "prompt_ids": self.prompts[i],
             "index": i,
             "clip": self.clip_ids[i],
         }
+
+
+def chunk_mask(valid_chunks: int | None, num_chunks: int) -> torch.Tensor:
+    """[T] bool: True for the chunks with real content (the first always counts, so that a
+    decoder never attends to nothing)."""
+    valid = num_chunks if valid_chunks is None else max(1, int(valid_chunks))
+    return torch.arange(num_chunks) < valid
 
 
 def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -55,8 +63,8 @@ def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
 
 
 def collate(items: list[dict], pad_id: int = 0) -> dict:
-    """Stack each distinct clip once (video to floats in [0, 1]) and point every row at its clip
-    with `media_index`, so questions about one clip share one media encoding. Right-pad
+    """Stack each distinct clip once (video to floats in [0, 1], its chunk_mask) and point every
+    row at its clip with `media_index`, so questions about one clip share one media encoding. Right-pad
     input_ids/labels, left-pad prompts."""
     slot: dict = {}
     media_index, clips = [], []
@@ -69,6 +77,7 @@ def collate(items: list[dict], pad_id: int = 0) -> dict:
     return {
         "video": torch.stack([it["video"] for it in clips]).float().div_(255.0),
         "audio": torch.stack([it["audio"] for it in clips]),
+        "chunk_mask": torch.stack([it["chunk_mask"] for it in clips]),
         "media_index": torch.tensor(media_index),
         "input_ids": _pad([it["input_ids"] for it in items], pad_id),
         "labels": _pad([it["labels"] for it in items], IGNORE_INDEX),
@@ -77,7 +86,7 @@ def collate(items: list[dict], pad_id: int = 0) -> dict:
     }
 
 
-MEDIA_KEYS = ("video", "audio")
+MEDIA_KEYS = ("video", "audio", "chunk_mask")  # one entry per clip, not per row
 
 
 def select_rows(batch: dict, lo: int, hi: int) -> dict:

@@ -62,7 +62,8 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
             batch_samples = [dataset.samples[i] for i in batch["index"].tolist()]
             answers = predict(model, tokenizer, batch["video"].to(device), batch["audio"].to(device),
                               batch["prompt_ids"].to(device), batch_samples, labels=stats.get("labels"),
-                              media_index=batch["media_index"].to(device))
+                              media_index=batch["media_index"].to(device),
+                              chunk_mask=batch["chunk_mask"].to(device))
             for s, answer in zip(batch_samples, answers):
                 rows.append({"id": s.id, "type": family(s), "task": s.task, "question": s.question,
                              "answer": s.answer, "prediction": answer,

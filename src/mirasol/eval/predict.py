@@ -15,11 +15,14 @@ from mirasol.model import Mirasol
 @torch.no_grad()
 def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, audio: torch.Tensor,
             prompt_ids: torch.Tensor, samples: list[Sample], labels: list[str] | None = None,
-            max_new_tokens: int = 24, media_index: torch.Tensor | None = None) -> list[str]:
-    """media_index [B]: row i asks about clip media_index[i] of video/audio (see `collate`)."""
-    memory = model.encode_media(video, audio).flatten(1, 2)
+            max_new_tokens: int = 24, media_index: torch.Tensor | None = None,
+            chunk_mask: torch.Tensor | None = None) -> list[str]:
+    """media_index [B]: row i asks about clip media_index[i] of video/audio (see `collate`);
+    chunk_mask [clips, T]: False for chunks that are only padding."""
+    memory, memory_mask = model.encode_media(video, audio).flatten(1, 2), model.memory_mask(chunk_mask)
     if media_index is not None:
         memory = memory[media_index]
+        memory_mask = None if memory_mask is None else memory_mask[media_index]
     from mirasol.model.generation import generate, score_candidates
 
     cfg = model.cfg
@@ -30,14 +33,16 @@ def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, au
         if options:
             scores = score_candidates(model.text_decoder, memory[i:i + 1], prompt_ids[i:i + 1],
                                       [tokenizer.encode_candidates(options)], pad_id=cfg.pad_token_id,
-                                      eos_id=cfg.eos_token_id, append_eos=False)
+                                      eos_id=cfg.eos_token_id, append_eos=False,
+                                      memory_mask=None if memory_mask is None else memory_mask[i:i + 1])
             answers[i] = options[int(scores[0].argmax())]
         else:
             free.append(i)
     if free:
         index = torch.tensor(free)
         out = generate(model.text_decoder, memory[index], prompt_ids[index], max_new_tokens,
-                       pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id)
+                       pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id,
+                       memory_mask=None if memory_mask is None else memory_mask[index])
         for i, row in zip(free, out.tolist()):
             answers[i] = tokenizer.decode_answer(row)
     return answers  # type: ignore[return-value]

@@ -55,12 +55,18 @@ class AVModel(nn.Module):
             x = block(x, mask=mask)
         return self.norm(x).reshape(b, t, m, d)
 
-    def latent_loss(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Predict chunk t+1's combiner features from the latents of chunk t (target detached)."""
+    def latent_loss(self, h: torch.Tensor, z: torch.Tensor, chunk_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict chunk t+1's combiner features from the latents of chunk t (target detached).
+        chunk_mask [B, T]: targets in chunks that are only padding are not scored."""
         if h.shape[1] < 2:
             return h.new_zeros(())
         pred = self.predictor(h[:, :-1]).float()
         target = z[:, 1:].detach().float()
         if self.latent_loss_kind == "cosine":
-            return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
-        return F.mse_loss(pred, target)
+            err = 1.0 - F.cosine_similarity(pred, target, dim=-1)  # [B, T-1, m]
+        else:
+            err = (pred - target).pow(2).mean(-1)
+        if chunk_mask is None:
+            return err.mean()
+        weight = chunk_mask[:, 1:, None].to(err.dtype).expand_as(err)
+        return (err * weight).sum() / weight.sum().clamp(min=1)

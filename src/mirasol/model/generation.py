@@ -46,26 +46,31 @@ class _Stepper:
     """Runs the decoder one token at a time, with or without a KV cache (the uncached path
     recomputes the whole sequence; it exists to check the cache)."""
 
-    def __init__(self, decoder: TextDecoder, memory: torch.Tensor, use_cache: bool):
-        self.decoder, self.use_cache = decoder, use_cache
+    def __init__(self, decoder: TextDecoder, memory: torch.Tensor, use_cache: bool,
+                 memory_mask: torch.Tensor | None = None):
+        self.decoder, self.use_cache, self.memory_mask = decoder, use_cache, memory_mask
         self.context_kv = decoder.context_kv(memory)
         self.caches = [{} for _ in decoder.blocks] if use_cache else None
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.ids, self.mask = ids, mask
-        hidden = self.decoder(ids, attention_mask=mask, caches=self.caches, context_kv=self.context_kv)
+        hidden = self.decoder(ids, attention_mask=mask, caches=self.caches, context_kv=self.context_kv,
+                              memory_mask=self.memory_mask)
         return self.decoder.logits(hidden[:, -1]).float()
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         self.ids = torch.cat([self.ids, token[:, None]], dim=1)
         self.mask = torch.cat([self.mask, torch.ones_like(token[:, None], dtype=torch.bool)], dim=1)
         new = token[:, None] if self.use_cache else self.ids
-        hidden = self.decoder(new, attention_mask=self.mask, caches=self.caches, context_kv=self.context_kv)
+        hidden = self.decoder(new, attention_mask=self.mask, caches=self.caches, context_kv=self.context_kv,
+                              memory_mask=self.memory_mask)
         return self.decoder.logits(hidden[:, -1]).float()
 
     def reorder(self, index: torch.Tensor) -> None:
         self.ids, self.mask = self.ids[index], self.mask[index]
         self.context_kv = [(k[index], v[index]) for k, v in self.context_kv]
+        if self.memory_mask is not None:
+            self.memory_mask = self.memory_mask[index]
         if self.caches is not None:
             for cache in self.caches:
                 cache["k"], cache["v"] = cache["k"][index], cache["v"][index]
@@ -88,13 +93,15 @@ def generate(
     length_penalty: float = 1.0,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    memory_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Returns new tokens [B, n]: each row's answer, its EOS, then pad_id."""
+    """Returns new tokens [B, n]: each row's answer, its EOS, then pad_id. memory_mask [B, M]:
+    False for memory tokens to ignore (chunks that are only padding)."""
     ids, mask = left_pad(prompt_ids, pad_id)
     if num_beams > 1:
         return _beam_search(decoder, memory, ids, mask, max_new_tokens, pad_id, eos_id, num_beams,
-                            length_penalty, use_cache)
-    stepper = _Stepper(decoder, memory, use_cache)
+                            length_penalty, use_cache, memory_mask)
+    stepper = _Stepper(decoder, memory, use_cache, memory_mask)
     logits = stepper.start(ids, mask)
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     out = []
@@ -113,9 +120,10 @@ def generate(
     return torch.stack(out, dim=1) if out else ids.new_zeros(ids.shape[0], 0)
 
 
-def _beam_search(decoder, memory, ids, mask, max_new_tokens, pad_id, eos_id, beams, length_penalty, use_cache):
+def _beam_search(decoder, memory, ids, mask, max_new_tokens, pad_id, eos_id, beams, length_penalty, use_cache,
+                 memory_mask=None):
     batch = ids.shape[0]
-    stepper = _Stepper(decoder, memory, use_cache)
+    stepper = _Stepper(decoder, memory, use_cache, memory_mask)
     logits = stepper.start(ids, mask)
     expand = torch.arange(batch, device=ids.device).repeat_interleave(beams)
     stepper.reorder(expand)
@@ -160,12 +168,13 @@ def score_candidates(
     eos_id: int,
     append_eos: bool = True,
     normalize: bool = False,
+    memory_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-likelihood of each candidate answer given the clip and prompt: [B, C].
 
     candidate_ids: LongTensor [B, C, L] padded with pad_id, or nested lists (B x C x tokens).
     With append_eos the candidate must also end there ("red" does not get credit for "red car").
-    normalize divides by the number of scored tokens.
+    normalize divides by the number of scored tokens. memory_mask [B, M] as in `generate`.
     """
     if torch.is_tensor(candidate_ids):
         candidate_ids = [[[t for t in c.tolist() if t != pad_id] for c in row] for row in candidate_ids]
@@ -189,7 +198,8 @@ def score_candidates(
         ids[i, : len(s)] = torch.tensor(s, device=memory.device)
     mask = ids != pad_id
     rows_t = torch.tensor(rows, device=memory.device)
-    hidden = decoder(ids, memory=memory[rows_t], attention_mask=mask)
+    hidden = decoder(ids, memory=memory[rows_t], attention_mask=mask,
+                     memory_mask=None if memory_mask is None else memory_mask[rows_t])
     logp = decoder.logits(hidden[:, :-1]).float().log_softmax(-1)
     token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # log p(ids[i+1] | ids[:i+1])
     positions = torch.arange(width - 1, device=memory.device)[None]

@@ -111,11 +111,16 @@ class Mirasol(nn.Module):
         return self.av_model(self.combine(video, audio))
 
     # --- training -----------------------------------------------------------------------------
-    def forward(self, video, audio, input_ids, labels=None, attention_mask=None, media_index=None) -> MirasolOutput:
+    def forward(self, video, audio, input_ids, labels=None, attention_mask=None, media_index=None,
+                chunk_mask=None) -> MirasolOutput:
         """input_ids [B, L] = prompt + answer + EOS (padded with pad_token_id); labels [B, L] equal
         input_ids on answer positions and IGNORE_INDEX elsewhere (HF-style: shifted here).
         media_index [B] (optional): text row i asks about clip media_index[i] of video/audio, so
-        several questions about one clip share its encoding; without it row i is clip i."""
+        several questions about one clip share its encoding; without it row i is clip i.
+        chunk_mask [clips, T] (optional): False for chunks that are only padding (a clip shorter
+        than the window); the text decoder does not attend to them and the latent loss skips them."""
+        memory_mask = self.memory_mask(chunk_mask)
+        chunk_mask = None if memory_mask is None else chunk_mask
         z = self.combine(video, audio)
         h = self.av_model(z)
         if attention_mask is None:
@@ -123,31 +128,44 @@ class Mirasol(nn.Module):
         memory = h.flatten(1, 2)
         if media_index is not None:
             memory = memory[media_index]
-        hidden = self.text_decoder(input_ids, memory=memory, attention_mask=attention_mask)
+            memory_mask = None if memory_mask is None else memory_mask[media_index]
+        hidden = self.text_decoder(input_ids, memory=memory, attention_mask=attention_mask, memory_mask=memory_mask)
         logits = self.text_decoder.logits(hidden)
         if labels is None:
             return MirasolOutput(None, None, None, logits)
         text_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                     ignore_index=IGNORE_INDEX)
-        latent_loss = self.av_model.latent_loss(h, z) if self.cfg.latent_loss_weight else h.new_zeros(())
+        latent_loss = self.av_model.latent_loss(h, z, chunk_mask) if self.cfg.latent_loss_weight else h.new_zeros(())
         loss = self.cfg.text_loss_weight * text_loss + self.cfg.latent_loss_weight * latent_loss
         return MirasolOutput(loss, text_loss, latent_loss, logits)
 
+    def memory_mask(self, chunk_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """chunk_mask [B, T] -> a mask over the decoder's memory [B, T * m] (m latents per chunk)."""
+        if chunk_mask is None:
+            return None
+        if chunk_mask.shape[-1] != self.cfg.num_chunks:
+            raise ValueError(f"chunk_mask must be [B, num_chunks={self.cfg.num_chunks}], got {list(chunk_mask.shape)}")
+        if chunk_mask.all():
+            return None  # nothing to hide: the unmasked path (and SDPA's fastest kernels)
+        return chunk_mask.bool().repeat_interleave(self.cfg.combiner_tokens, dim=1)
+
     # --- inference ----------------------------------------------------------------------------
-    def generate(self, video, audio, prompt_ids, max_new_tokens: int = 16, **kwargs) -> torch.Tensor:
+    def generate(self, video, audio, prompt_ids, max_new_tokens: int = 16, chunk_mask=None, **kwargs) -> torch.Tensor:
         """Answer tokens [B, n] (ending in EOS, then padding). kwargs: do_sample, temperature,
         top_k, top_p, num_beams, length_penalty, use_cache, generator."""
         with torch.no_grad():
             memory = self.encode_media(video, audio).flatten(1, 2)
         return generation.generate(self.text_decoder, memory, prompt_ids, max_new_tokens,
-                                   pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id, **kwargs)
+                                   pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
+                                   memory_mask=self.memory_mask(chunk_mask), **kwargs)
 
-    def score_candidates(self, video, audio, prompt_ids, candidate_ids, **kwargs) -> torch.Tensor:
+    def score_candidates(self, video, audio, prompt_ids, candidate_ids, chunk_mask=None, **kwargs) -> torch.Tensor:
         """Log-likelihood [B, C] of each candidate answer (see generation.score_candidates)."""
         with torch.no_grad():
             memory = self.encode_media(video, audio).flatten(1, 2)
         return generation.score_candidates(self.text_decoder, memory, prompt_ids, candidate_ids,
-                                           pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id, **kwargs)
+                                           pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
+                                           memory_mask=self.memory_mask(chunk_mask), **kwargs)
 
     # --- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self) -> dict[str, int]:

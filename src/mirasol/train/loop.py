@@ -113,13 +113,14 @@ def validate(model, dataset, tokenizer, stats, run_cfg, device, max_samples: int
         batch = _to(collate([dataset[i] for i in range(start, min(n, start + bs))]), device)
         with _autocast(run_cfg, device):
             out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"],
-                        media_index=batch["media_index"])
+                        media_index=batch["media_index"], chunk_mask=batch["chunk_mask"])
             count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
             loss_sum += out.text_loss.item() * count
             tokens += count
             samples = [dataset.samples[i] for i in batch["index"].tolist()]
             answers = predict(model, tokenizer, batch["video"], batch["audio"], batch["prompt_ids"], samples,
-                              labels=stats["labels"], media_index=batch["media_index"])
+                              labels=stats["labels"], media_index=batch["media_index"],
+                              chunk_mask=batch["chunk_mask"])
         for answer, s in zip(answers, samples):
             hit = normalize_answer(answer) == normalize_answer(s.answer)
             correct += hit
@@ -232,7 +233,8 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
             for i, p in enumerate(parts):
                 sync = ddp.no_sync() if world > 1 and i < len(parts) - 1 else nullcontext()
                 with sync, _autocast(run_cfg, device):
-                    out_ = ddp(p["video"], p["audio"], p["input_ids"], p["labels"], media_index=p["media_index"])
+                    out_ = ddp(p["video"], p["audio"], p["input_ids"], p["labels"], media_index=p["media_index"],
+                               chunk_mask=p["chunk_mask"])
                     text = out_.text_loss * counts[i] / total_tokens * world
                     latent = out_.latent_loss / tc.grad_accum
                     loss = run_cfg.model.text_loss_weight * text + run_cfg.model.latent_loss_weight * latent

@@ -11,6 +11,11 @@ from mirasol.data.manifest import Sample
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.model import Mirasol
 
+# Prompt + candidate sequences per decoder call when scoring options. On CPU a few hundred is
+# fastest: 32 rows x 9 labels in one call, but VGGSound-size label sets (309) one row per call
+# (benchmarks/candidate_scoring.py).
+MAX_SCORED_SEQUENCES = 512
+
 
 @torch.no_grad()
 def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, audio: torch.Tensor,
@@ -27,17 +32,24 @@ def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, au
 
     cfg = model.cfg
     answers: list[str | None] = [None] * len(samples)
-    free = []
+    free, by_options = [], {}
     for i, s in enumerate(samples):
         options = s.choices or (labels if s.task == "classify" and labels else None)
         if options:
-            scores = score_candidates(model.text_decoder, memory[i:i + 1], prompt_ids[i:i + 1],
-                                      [tokenizer.encode_candidates(options)], pad_id=cfg.pad_token_id,
-                                      eos_id=cfg.eos_token_id, append_eos=False,
-                                      memory_mask=None if memory_mask is None else memory_mask[i:i + 1])
-            answers[i] = options[int(scores[0].argmax())]
+            by_options.setdefault(tuple(options), []).append(i)
         else:
             free.append(i)
+    for options, rows in by_options.items():  # rows with the same options: scored in one batch
+        candidates = tokenizer.encode_candidates(list(options))
+        per_call = max(1, MAX_SCORED_SEQUENCES // len(options))
+        for start in range(0, len(rows), per_call):
+            index = torch.tensor(rows[start:start + per_call], device=memory.device)
+            scores = score_candidates(model.text_decoder, memory[index], prompt_ids[index],
+                                      [candidates] * len(index), pad_id=cfg.pad_token_id,
+                                      eos_id=cfg.eos_token_id, append_eos=False,
+                                      memory_mask=None if memory_mask is None else memory_mask[index])
+            for i, best in zip(index.tolist(), scores.argmax(-1).tolist()):
+                answers[i] = options[best]
     if free:
         index = torch.tensor(free)
         out = generate(model.text_decoder, memory[index], prompt_ids[index], max_new_tokens,

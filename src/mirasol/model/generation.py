@@ -198,7 +198,9 @@ def score_candidates(
         ids[i, : len(s)] = torch.tensor(s, device=memory.device)
     mask = ids != pad_id
     rows_t = torch.tensor(rows, device=memory.device)
-    hidden = decoder(ids, memory=memory[rows_t], attention_mask=mask,
+    # Cross-attention keys/values are projected once per clip, then shared by its candidates.
+    context_kv = [(k[rows_t], v[rows_t]) for k, v in decoder.context_kv(memory)]
+    hidden = decoder(ids, context_kv=context_kv, attention_mask=mask,
                      memory_mask=None if memory_mask is None else memory_mask[rows_t])
     logp = decoder.logits(hidden[:, :-1]).float().log_softmax(-1)
     token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # log p(ids[i+1] | ids[:i+1])

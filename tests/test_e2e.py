@@ -41,6 +41,16 @@ def test_synth_train_evaluate_ask(tmp_path, capsys):
         if p["task"] == "classify":
             assert p["prediction"] in labels
 
+    # a manifest that interleaves clips: the same answer per row, predictions in the manifest's order
+    shuffled = test_rows[1::2] + test_rows[0::2]
+    (data / "shuffled.jsonl").write_text("\n".join(shuffled) + "\n")
+    report2_path = tmp_path / "eval2" / "report.json"
+    assert cli(["evaluate", "--run", str(run), "--manifest", str(data / "shuffled.jsonl"), "--out", str(report2_path)]) == 0
+    again = [json.loads(line) for line in (report2_path.parent / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in again] == [json.loads(r)["id"] for r in shuffled]
+    first = {json.loads(line)["id"]: json.loads(line)["prediction"] for line in predictions}
+    assert {p["id"]: p["prediction"] for p in again} == first
+
     video = data / json.loads(test_rows[0])["video"]
     capsys.readouterr()
     assert cli(["ask", "--run", str(run), str(video), "what shape is the object?"]) == 0

@@ -53,21 +53,25 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     predictions_file = out.with_name("predictions.jsonl")
+    # Rows about one clip are answered in the same batch, so the clip is encoded once (a manifest
+    # need not list them together); predictions.jsonl keeps the manifest's order.
+    order = sorted(range(len(dataset)), key=lambda i: dataset.clip_ids[i])
     rows = []
     with torch.no_grad():
         for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating", unit="batch",
                           disable=not progress, file=sys.stderr):
-            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            items = [dataset[i] for i in order[start:start + batch_size]]
             batch = collate(items, tokenizer.pad_id)
             batch_samples = [dataset.samples[i] for i in batch["index"].tolist()]
             answers = predict(model, tokenizer, batch["video"].to(device), batch["audio"].to(device),
                               batch["prompt_ids"].to(device), batch_samples, labels=stats.get("labels"),
                               media_index=batch["media_index"].to(device),
                               chunk_mask=batch["chunk_mask"].to(device))
-            for s, answer in zip(batch_samples, answers):
-                rows.append({"id": s.id, "type": family(s), "task": s.task, "question": s.question,
+            for i, s, answer in zip(batch["index"].tolist(), batch_samples, answers):
+                rows.append({"index": i, "id": s.id, "type": family(s), "task": s.task, "question": s.question,
                              "answer": s.answer, "prediction": answer,
                              "correct": normalize_answer(answer) == normalize_answer(s.answer)})
+    rows = [{k: v for k, v in row.items() if k != "index"} for row in sorted(rows, key=lambda r: r["index"])]
     with open(predictions_file, "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,12 +1,15 @@
 """The whole user journey on a handful of synthetic clips: synth -> train -> evaluate -> ask."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from mirasol.cli import main as cli
 
 pytestmark = pytest.mark.slow
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "media"
 
 
 def test_synth_train_evaluate_ask(tmp_path, capsys):
@@ -59,6 +62,12 @@ def test_synth_train_evaluate_ask(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.count("\n") == 2  # one answer per question (an 8-step model may answer nothing)
     assert "missing.mp4" in captured.err
+    assert "note:" not in captured.err  # synthetic clips are exactly as long as the model's clip
+    long_video = SAMPLES / "flipping_a_pancake.mkv"  # longer than the tiny preset's 4 s
+    if long_video.exists():
+        assert cli(["ask", "--run", str(run), str(long_video), "what is cooked?", "--start", "4"]) == 0
+        err = capsys.readouterr().err
+        assert "answering about 4.0-8.0 s of" in err and "--start/--end" in err
 
 
 def test_quickstart_runs_the_whole_journey_small(tmp_path, capsys):

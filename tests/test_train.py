@@ -1,5 +1,6 @@
 """Training: config validation, exact resume after a kill, multi-process equivalence, end to end."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mirasol.config import ConfigError
-from mirasol.train.config import load_run_config
+from mirasol.config import ConfigError, MirasolConfig
+from mirasol.train.config import DataConfig, TrainConfig, load_run_config
 from mirasol.train.schedule import lr_factor
 
 FAST = ["train.batch_size=8", "train.max_steps=6", "train.save_every=2", "train.eval_every=0",
@@ -128,3 +129,13 @@ def test_two_gloo_processes_match_one(world, tmp_path, questions_per_clip):
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+def test_train_help_lists_every_config_key():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    text = result.stdout
+    for cls in (TrainConfig, DataConfig, MirasolConfig):
+        for f in dataclasses.fields(cls):
+            assert f.name in text, f.name
+    assert "questions_per_clip=1" in text and "packaged configs (--config NAME): base, small, tiny" in text

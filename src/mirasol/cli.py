@@ -21,6 +21,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # light (dataclasses + yaml, no torch), so --help stays instant
+    from mirasol.train.config import config_keys_help
+
     parser = argparse.ArgumentParser(
         prog="mirasol",
         description="Mirasol3B: train, evaluate and query an autoregressive audio-video-text model.",
@@ -46,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", required=True, help="folder holding the downloaded videos")
     p.add_argument("--out", required=True, help="manifest to write (JSON Lines)")
 
-    p = sub.add_parser("train", help=COMMANDS["train"][2], description=COMMANDS["train"][2])
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p = sub.add_parser("train", help=COMMANDS["train"][2], description=COMMANDS["train"][2],
+                       epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config file, or a packaged config's name (tiny, small, base)")
     p.add_argument("--train", required=True, help="training manifest")
     p.add_argument("--val", default=None, help="validation manifest")
     p.add_argument("--out", required=True, help="run directory")

@@ -151,6 +151,27 @@ def _number(value: Any) -> Any:
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
+def config_keys_help(width: int = 96) -> str:
+    """Every config key with its default, for `mirasol train --help`."""
+    import textwrap
+
+    lines = ["config keys (YAML sections, or dotted overrides such as train.lr=3e-4), with defaults:"]
+    for section, cls in (("train", TrainConfig), ("data", DataConfig)):
+        keys = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(cls))
+        lines += textwrap.wrap(f"{section}: {keys}", width, initial_indent="  ", subsequent_indent="    ")
+    keys = ", ".join(f.name for f in dataclasses.fields(MirasolConfig))
+    lines += textwrap.wrap(f"model: preset (tiny, small, base, mirasol3b) and any of: {keys}", width,
+                           initial_indent="  ", subsequent_indent="    ")
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    lines.append(f"packaged configs (--config NAME): {names}; their YAML is in {CONFIG_DIR}")
+    return "\n".join(lines)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return list(value) if isinstance(value, tuple) else value
+
+
 def resolve_config_path(path: str | Path) -> Path:
     """A file or run directory as given, else the name of a packaged config (`tiny` -> configs/tiny.yaml)."""
     path = Path(path)

@@ -29,7 +29,8 @@ def ask(run: str, video: str, question: str | None = None, start: float | None =
     sample = Sample(id="ask", video=video, task=task, answer="", question=question)
     prompt_ids = torch.tensor([tokenizer.encode_prompt(prompt, model.cfg.max_text_len)])
     [answer] = predict(model, tokenizer, clip.video[None], clip.audio[None], prompt_ids, [sample],
-                       labels=stats.get("labels"), chunk_mask=chunk_mask(clip.valid_chunks, model.cfg.num_chunks)[None])
+                       labels=stats.get("labels"),
+                       chunk_mask=chunk_mask(clip.valid_chunks, model.cfg.num_chunks)[None])
     return answer
 
 

@@ -56,7 +56,7 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     # Rows about one clip are answered in the same batch, so the clip is encoded once (a manifest
     # need not list them together); predictions.jsonl keeps the manifest's order.
     order = sorted(range(len(dataset)), key=lambda i: dataset.clip_ids[i])
-    rows = []
+    rows: list[dict] = [{} for _ in range(len(dataset))]
     with torch.no_grad():
         for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating", unit="batch",
                           disable=not progress, file=sys.stderr):
@@ -68,10 +68,9 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
                               media_index=batch["media_index"].to(device),
                               chunk_mask=batch["chunk_mask"].to(device))
             for i, s, answer in zip(batch["index"].tolist(), batch_samples, answers):
-                rows.append({"index": i, "id": s.id, "type": family(s), "task": s.task, "question": s.question,
-                             "answer": s.answer, "prediction": answer,
-                             "correct": normalize_answer(answer) == normalize_answer(s.answer)})
-    rows = [{k: v for k, v in row.items() if k != "index"} for row in sorted(rows, key=lambda r: r["index"])]
+                rows[i] = {"id": s.id, "type": family(s), "task": s.task, "question": s.question,
+                           "answer": s.answer, "prediction": answer,
+                           "correct": normalize_answer(answer) == normalize_answer(s.answer)}
     with open(predictions_file, "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

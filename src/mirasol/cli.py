@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=COMMANDS["train"][2], description=COMMANDS["train"][2],
                        epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML config file, or a packaged config's name (tiny, small, base)")
+    p.add_argument("--config", required=True, help="YAML config file, or a packaged config's name (listed below)")
     p.add_argument("--train", required=True, help="training manifest")
     p.add_argument("--val", default=None, help="validation manifest")
     p.add_argument("--out", required=True, help="run directory")

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from mirasol.config import ConfigError, MirasolConfig
+from mirasol.config import PRESETS, ConfigError, MirasolConfig
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -61,7 +61,8 @@ class TrainConfig:
     plots: bool = True
 
     def validate(self) -> None:
-        for key in ("batch_size", "grad_accum", "questions_per_clip", "max_steps", "log_every", "keep_checkpoints", "save_every"):
+        for key in ("batch_size", "grad_accum", "questions_per_clip", "max_steps", "log_every", "keep_checkpoints",
+                    "save_every"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"config key 'train.{key}': must be a positive integer, got {value!r}")
@@ -160,7 +161,7 @@ def config_keys_help(width: int = 96) -> str:
         keys = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(cls))
         lines += textwrap.wrap(f"{section}: {keys}", width, initial_indent="  ", subsequent_indent="    ")
     keys = ", ".join(f.name for f in dataclasses.fields(MirasolConfig))
-    lines += textwrap.wrap(f"model: preset (tiny, small, base, mirasol3b) and any of: {keys}", width,
+    lines += textwrap.wrap(f"model: preset ({', '.join(PRESETS)}) and any of: {keys}", width,
                            initial_indent="  ", subsequent_indent="    ")
     names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
     lines.append(f"packaged configs (--config NAME): {names}; their YAML is in {CONFIG_DIR}")

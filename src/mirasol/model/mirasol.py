@@ -26,7 +26,7 @@ from mirasol.model import generation
 from mirasol.model.av_model import AVModel
 from mirasol.model.combiner import build_combiner
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
-from mirasol.model.layers import EMBED_STD
+from mirasol.model.layers import EMBED_STD, Block
 from mirasol.model.text_decoder import TextDecoder
 
 IGNORE_INDEX = -100
@@ -168,6 +168,12 @@ class Mirasol(nn.Module):
                                            memory_mask=self.memory_mask(chunk_mask), **kwargs)
 
     # --- bookkeeping --------------------------------------------------------------------------
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute every transformer block in the backward pass instead of keeping its activations."""
+        for module in self.modules():
+            if isinstance(module, Block):
+                module.checkpoint = enabled
+
     def num_parameters(self) -> dict[str, int]:
         """Parameters per part; 'audio_video' is everything before the text decoder."""
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

@@ -26,6 +26,7 @@ import yaml
 from mirasol.config import PRESETS, ConfigError, MirasolConfig
 
 PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("ddp", "fsdp")
 
 
 def _check_keys(section: str, values: dict, cls) -> None:
@@ -59,6 +60,13 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     plots: bool = True
+    # Several processes (torchrun): ddp replicates the model on every process; fsdp shards weights,
+    # gradients and AdamW states over them (FSDP2 `fully_shard` per transformer block), with
+    # checkpoints written by torch.distributed.checkpoint. One process: ddp = plain training.
+    strategy: str = "ddp"
+    activation_checkpointing: bool = False  # recompute each transformer block in the backward: less memory, ~1.3x compute
+    compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
+    save_consolidated: bool = True  # fsdp: one model.safetensors at every save (False: only at the end)
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "questions_per_clip", "max_steps", "log_every", "keep_checkpoints",
@@ -79,6 +87,11 @@ class TrainConfig:
             raise ConfigError(f"config key 'train.min_lr_ratio': must be in [0, 1], got {self.min_lr_ratio}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"config key 'train.precision': must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"config key 'train.strategy': must be one of {STRATEGIES}, got {self.strategy!r}")
+        for key in ("activation_checkpointing", "compile", "save_consolidated", "plots"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"config key 'train.{key}': must be true or false, got {getattr(self, key)!r}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("config keys 'train.grad_clip' and 'train.weight_decay' must be >= 0")
         self.betas = tuple(float(b) for b in self.betas)

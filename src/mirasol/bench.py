@@ -10,11 +10,14 @@ count is left at torch's default and reported with the torch version.
     chunks     encode_media cost vs number of chunks T, chunked model vs one unchunked transformer
     generate   greedy decoding of 32 tokens with and without the KV cache (and: same tokens?)
     data       data-loader time per batch from the clip cache vs the training step on that batch
+    memory     memory plan per GPU (weights, gradients, AdamW, activations) for base and mirasol3b on
+               1 / 8 / 64 GPUs, ddp vs fsdp, with and without activation checkpointing; checked
+               against the measured peak of CPU steps at small sizes
     prepare    `prepare` throughput on 10 s 480p clips (1 and 2 workers); peak RSS of decoding
                a long vs a short 1080p file (bounded memory)
 
-`all` runs step, chunks, generate and data; `prepare` writes video files and is slower, so it only
-runs when named. Python: ``run("step")`` or the ``bench_*`` functions, whose keyword arguments
+`all` runs step, chunks, generate and data; `prepare` writes video files and is slower, and
+`memory` starts fresh processes, so they only run when named. Python: ``run("step")`` or the ``bench_*`` functions, whose keyword arguments
 shrink them (the tests use that).
 
 Media files and the synthetic cache are kept under ``$MIRASOL_BENCH_DIR`` (default:
@@ -122,11 +125,36 @@ def random_batch(cfg: MirasolConfig, batch: int, text_len: int = 24, prompt_len:
     return {"video": video, "audio": audio, "input_ids": ids, "labels": labels, "media_index": media_index}
 
 
-def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict) -> None:
-    out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"], media_index=batch["media_index"])
+def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict, bf16: bool = False) -> None:
+    with torch.autocast(batch["video"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"],
+                    media_index=batch["media_index"])
     out.loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if batch["video"].is_cuda:
+        torch.cuda.synchronize()  # time the work, not its queueing
+
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets; matched
+# against torch.cuda.get_device_name(). Set MIRASOL_PEAK_TFLOPS for any other device.
+BF16_PEAK_TFLOPS = {
+    "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H200": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
+    "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+}
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak (TFLOP/s), or None (CPU, or a GPU not in the table)."""
+    if os.environ.get("MIRASOL_PEAK_TFLOPS"):
+        return float(os.environ["MIRASOL_PEAK_TFLOPS"])
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True):  # the most specific name first
+        if key in name:
+            return BF16_PEAK_TFLOPS[key]
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,37 +163,58 @@ def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict) -
 
 def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: str = "tiny",
                repeats: int = 5, warmup: int = 2, overrides: dict | None = None, quiet: bool = False,
-               questions_per_clip=(1, 4)) -> dict:
+               questions_per_clip=(1, 4), device: str = "auto", precision: str = "auto",
+               text_len: int = 24) -> dict:
     """Forward + backward + AdamW step time per (combiner, batch size, questions per clip);
-    samples (text rows) per second. Questions per clip k: the batch's rows ask about batch / k
-    clips, each encoded once (`train.questions_per_clip`)."""
+    samples (text rows) per second; model FLOPs per sample counted analytically
+    (`mirasol.cost.model_flops`: 3x the forward's matmul FLOPs) and the FLOP/s they make; on a GPU
+    whose bf16 peak is known, MFU = achieved model FLOP/s / peak. Questions per clip k: the batch's
+    rows ask about batch / k clips, each encoded once (`train.questions_per_clip`)."""
+    from mirasol.cost import model_flops
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    peak = device_peak_tflops(dev)
     torch.manual_seed(0)
     variants, meta = {}, {}
     for combiner in combiners:
         cfg = MirasolConfig.preset(preset, combiner=combiner, **(overrides or {}))
-        model = Mirasol(cfg).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model = Mirasol(cfg).to(dev).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
         for bs in batch_sizes:
             for k in questions_per_clip:
                 if bs % k:
                     continue
                 name = f"{combiner}/b{bs}/k{k}"
-                batch = random_batch(cfg, bs, questions_per_clip=k)
-                variants[name] = (lambda m=model, o=optimizer, b=batch: _train_step(m, o, b))
+                batch = {key: v.to(dev) for key, v in random_batch(cfg, bs, text_len, questions_per_clip=k).items()}
+                variants[name] = (lambda m=model, o=optimizer, b=batch: _train_step(m, o, b, bf16))
                 meta[name] = {"combiner": combiner, "batch": bs, "questions_per_clip": k,
-                              "parameters": model.num_parameters()["total"]}
+                              "parameters": model.num_parameters()["total"],
+                              "flops_per_sample": model_flops(cfg, text_len, k)["train"]}
     times = measure(variants, repeats, warmup)
     rows = []
     for name, t in times.items():
-        meta[name].update(t)
-        meta[name]["samples_per_s"] = meta[name]["batch"] / t["median_s"]
-        rows.append([meta[name]["combiner"], meta[name]["batch"], meta[name]["questions_per_clip"],
-                     1000 * t["median_s"], 1000 * t["min_s"], meta[name]["samples_per_s"]])
+        r = meta[name]
+        r.update(t)
+        r["samples_per_s"] = r["batch"] / t["median_s"]
+        r["model_tflops_per_s"] = r["samples_per_s"] * r["flops_per_sample"] / 1e12
+        r["mfu"] = r["model_tflops_per_s"] / peak if peak else None
+        rows.append([r["combiner"], r["batch"], r["questions_per_clip"], 1000 * t["median_s"], 1000 * t["min_s"],
+                     r["samples_per_s"], r["flops_per_sample"] / 1e9, r["model_tflops_per_s"],
+                     f"{100 * r['mfu']:.1f} %" if peak else "-"])
     result = {"preset": preset, "overrides": overrides or {}, "repeats": repeats, "warmup": warmup,
-              "text_len": 24, "results": meta}
+              "text_len": text_len, "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+              "precision": "bf16" if bf16 else "fp32", "peak_bf16_tflops": peak,
+              "flops_note": "model FLOPs per sample = 3 x forward matmul FLOPs (mirasol.cost.model_flops); "
+                            "recomputation is not counted", "results": meta}
     if not quiet:
-        print_table(f"step: {preset} preset, forward + backward + AdamW (median of {repeats})",
-                    ["combiner", "batch", "questions/clip", "median ms", "min ms", "samples/s"], rows)
+        print_table(f"step: {preset} preset, forward + backward + AdamW on {result['device']}, {result['precision']} "
+                    f"(median of {repeats})",
+                    ["combiner", "batch", "questions/clip", "median ms", "min ms", "samples/s", "GFLOP/sample",
+                     "TFLOP/s", "MFU"], rows)
+        if not peak:
+            print("  MFU needs a GPU with a known bf16 peak (or MIRASOL_PEAK_TFLOPS); FLOP/s shown as measured")
     return result
 
 
@@ -554,6 +603,107 @@ def bench_prepare(num_clips: int = 8, clip_seconds: float = 10.0, workers=(1, 2)
 
 
 # ------------------------------------------------------------------------------------------------
+# 6. memory
+
+_MEMORY_CHILD = r"""
+import json, sys
+import torch
+from mirasol import Mirasol, MirasolConfig
+from mirasol.bench import _train_step, random_batch
+
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+preset, batch, checkpointing, text_len = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+torch.manual_seed(0)
+cfg = MirasolConfig.preset(preset)
+# warm-up at batch 1: loads the kernels' code and thread pools, which the step must not be charged for
+model = Mirasol(cfg).train()
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+_train_step(model, optimizer, random_batch(cfg, 1, text_len, prompt_len=text_len // 2))
+del model, optimizer
+start = rss("VmRSS:")
+model = Mirasol(cfg).train()
+model.set_activation_checkpointing(checkpointing)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+data = random_batch(cfg, batch, text_len, prompt_len=text_len // 2)
+_train_step(model, optimizer, data)  # the first step creates the AdamW states
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+_train_step(model, optimizer, data)
+print(json.dumps({"start": start, "peak": rss("VmHWM:"), "after": rss("VmRSS:")}))
+"""
+
+
+def measured_cpu_peak(preset: str, batch: int, checkpointing: bool, text_len: int = 24) -> dict:
+    """Peak RSS that a training step adds, measured in a fresh process: RSS after the imports,
+    then model + AdamW + one step (which creates the optimizer states); the kernel's peak-RSS
+    counter (VmHWM) is reset (/proc/self/clear_refs) and a second step is run; its VmHWM minus
+    the RSS after imports is the step's peak: weights, gradients, optimizer states, activations
+    and allocator slack. A warm-up step at batch 1 (model deleted) comes first, so that loading
+    kernel code is not charged. glibc's malloc is told to give every block over 64 KiB back to the
+    system when freed (fixed mmap threshold), so that RSS follows the live tensors. Linux only."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, preset, str(batch), "1" if checkpointing else "0",
+                          str(text_len)], check=True, capture_output=True, text=True, env=env).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"peak_bytes": r["peak"] - r["start"], "after_bytes": r["after"] - r["start"]}
+
+
+def bench_memory(presets=("base", "mirasol3b"), gpus=(1, 8, 64), gpu_gib: float = 80.0, batch_per_gpu=None,
+                 text_len: int = 32, check=(("tiny", 32), ("small", 4)), quiet: bool = False) -> dict:
+    """The memory plan per GPU (mirasol.cost.memory_plan: bf16, AdamW) for each preset, strategy,
+    GPU count and activation checkpointing, with the largest batch per GPU that fits in gpu_gib;
+    then the plan checked against the measured peak of a CPU step (fp32) at small sizes."""
+    from mirasol.cost import GIB, max_batch, memory_plan, parameter_counts
+
+    batch_per_gpu = batch_per_gpu or {"base": 8, "mirasol3b": 1}
+    plans, rows = [], []
+    for preset in presets:
+        cfg = MirasolConfig.preset(preset)
+        counts = parameter_counts(cfg)
+        b = batch_per_gpu.get(preset, 1) if isinstance(batch_per_gpu, dict) else batch_per_gpu
+        for strategy in ("ddp", "fsdp"):
+            for n in gpus:
+                for ac in (False, True):
+                    plan = memory_plan(cfg, strategy, n, b, checkpointing=ac, bf16=True, text_len=text_len,
+                                       counts=counts)
+                    fit = max_batch(cfg, gpu_gib * GIB, strategy=strategy, gpus=n, checkpointing=ac, bf16=True,
+                                    text_len=text_len)
+                    plans.append({"preset": preset, "parameters": counts["total"], "strategy": strategy, "gpus": n,
+                                  "activation_checkpointing": ac, **plan.as_dict(), "max_batch_per_gpu": fit})
+                    rows.append([preset, strategy, n, "yes" if ac else "no", b] +
+                                [getattr(plan, k) / GIB for k in ("weights", "gradients", "optimizer", "gathered",
+                                                                  "activations")] +
+                                [plan.total / GIB, "yes" if plan.total <= gpu_gib * GIB else "NO", fit])
+    checks, check_rows = [], []
+    for preset, b in check:
+        cfg = MirasolConfig.preset(preset)
+        for ac in (False, True):
+            plan = memory_plan(cfg, "ddp", 1, b, checkpointing=ac, bf16=False, text_len=24)
+            seen = measured_cpu_peak(preset, b, ac)
+            checks.append({"preset": preset, "batch": b, "activation_checkpointing": ac, "estimate": plan.as_dict(),
+                           **seen, "measured_over_estimate": seen["peak_bytes"] / plan.total})
+            check_rows.append([preset, b, "yes" if ac else "no", plan.activations / 2**20,
+                               (plan.total - plan.activations) / 2**20, plan.total / 2**20,
+                               seen["peak_bytes"] / 2**20, seen["peak_bytes"] / plan.total])
+    result = {"gpu_gib": gpu_gib, "text_len": text_len, "precision": "bf16 (plan), fp32 (CPU check)",
+              "plans": plans, "cpu_check": checks,
+              "note": "plan: fp32 master weights, gradients and AdamW states + activations kept for the backward "
+                      "(mirasol.cost); CPU check: peak RSS of a second training step in a fresh process minus the "
+                      "RSS after imports (VmHWM reset through /proc/self/clear_refs)"}
+    if not quiet:
+        print_table(f"memory plan per GPU (GiB), bf16 autocast, AdamW, {text_len} text tokens per row, "
+                    f"{gpu_gib:g} GiB GPUs",
+                    ["preset", "strategy", "GPUs", "act. ckpt", "batch/GPU", "weights", "grads", "AdamW",
+                     "gathered", "activations", "total", "fits", "max batch"], rows)
+        print_table("plan vs measured peak of a CPU training step (fp32, one process, MiB)",
+                    ["preset", "batch", "act. ckpt", "est. activations", "est. states", "est. total",
+                     "measured peak", "measured / est."], check_rows)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
 # entry points
 
 BENCHMARKS: dict[str, Callable[..., dict]] = {
@@ -562,12 +712,14 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "generate": bench_generate,
     "data": bench_data,
     "prepare": bench_prepare,
+    "memory": bench_memory,
 }
 ALL = ("step", "chunks", "generate", "data")
 
 
-def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
-    """Run one benchmark (or `all` = step, chunks, generate, data); optionally write JSON to `out`."""
+def run(what: str = "all", out: str | os.PathLike | None = None, step_options: dict | None = None) -> dict:
+    """Run one benchmark (or `all` = step, chunks, generate, data); optionally write JSON to `out`.
+    step_options: keyword arguments of bench_step (preset, batch_sizes, combiners, ...)."""
     names = list(ALL) if what == "all" else [w.strip() for w in what.split(",")]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -578,7 +730,7 @@ def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
     results = {"environment": env}
     for name in names:
         began, load = time.perf_counter(), _load()
-        results[name] = BENCHMARKS[name]()
+        results[name] = BENCHMARKS[name](**(step_options or {}) if name == "step" else {})
         results[name].update(wall_s=time.perf_counter() - began, load_average_before=load, load_average_after=_load())
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -588,8 +740,23 @@ def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
 
 
 def cli_bench(args) -> int:
+    options = {}
+    if getattr(args, "preset", None):
+        options["preset"] = args.preset
+    if getattr(args, "batch", None):
+        options["batch_sizes"] = tuple(int(b) for b in args.batch.split(","))
+    if getattr(args, "combiner", None):
+        options["combiners"] = tuple(args.combiner.split(","))
+    if getattr(args, "questions_per_clip", None):
+        options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
+    if getattr(args, "precision", None):
+        options["precision"] = args.precision
+    if options and args.what not in ("step", "all"):
+        print("mirasol bench: --preset/--batch/--combiner/--questions-per-clip/--precision apply to `step` only",
+              file=sys.stderr)
+        return 2
     try:
-        run(args.what, args.out)
+        run(args.what, args.out, options)
     except ValueError as err:
         print(f"mirasol bench: {err}", file=sys.stderr)
         return 2

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help=COMMANDS["bench"][2], description=COMMANDS["bench"][2])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")
     p.add_argument("--out", default=None, help="write results as JSON here")
+    p.add_argument("--preset", default=None, help="step: model preset (default: tiny)")
+    p.add_argument("--batch", default=None, help="step: batch sizes, comma-separated (default: 8,32)")
+    p.add_argument("--combiner", default=None, help="step: combiners, comma-separated (default: transformer,ttm)")
+    p.add_argument("--questions-per-clip", default=None, help="step: comma-separated (default: 1,4)")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="step: auto = bf16 on a GPU, fp32 on the CPU")
     return parser
 
 

@@ -28,6 +28,24 @@ def test_step_smoke():
         for key in ("median_s", "min_s", "samples_per_s", "batch", "combiner", "parameters"):
             assert key in v
         assert v["samples_per_s"] > 0
+        assert v["flops_per_sample"] > 0 and v["model_tflops_per_s"] > 0
+        assert v["mfu"] is None  # no GPU: no peak to divide by
+    # k questions share one clip's media FLOPs: per-sample FLOPs fall with k
+    assert r["results"]["transformer/b2/k2"]["flops_per_sample"] < r["results"]["transformer/b2/k1"]["flops_per_sample"]
+    assert r["precision"] == "fp32" and r["device"] == "cpu"
+    json.dumps(r)
+
+
+def test_memory_plan_table_and_cpu_check():
+    """The plan's table for tiny, and the plan against the measured peak of a CPU step (fp32): the
+    measured peak was within 6 % of the plan at batch 8 and 32 (benchmarks/README.md)."""
+    r = bench.bench_memory(presets=("tiny",), gpus=(1, 2), batch_per_gpu=4, check=(("tiny", 8),), quiet=True)
+    assert len(r["plans"]) == 2 * 2 * 2  # strategies x GPU counts x activation checkpointing
+    fsdp2 = [p for p in r["plans"] if p["strategy"] == "fsdp" and p["gpus"] == 2 and not p["activation_checkpointing"]]
+    ddp2 = [p for p in r["plans"] if p["strategy"] == "ddp" and p["gpus"] == 2 and not p["activation_checkpointing"]]
+    assert fsdp2[0]["optimizer"] == ddp2[0]["optimizer"] / 2
+    for c in r["cpu_check"]:
+        assert 0.7 < c["measured_over_estimate"] < 1.4, c
     json.dumps(r)
 
 

@@ -17,6 +17,8 @@ COMMANDS = {
     "ask": ("mirasol.ask", "cli_ask", "ask a trained run about a video file"),
     "quickstart": ("mirasol.quickstart", "cli_quickstart", "synth + train + evaluate on the built-in dataset"),
     "bench": ("mirasol.bench", "cli_bench", "performance benchmarks"),
+    "consolidate": ("mirasol.run_dir", "cli_consolidate",
+                    "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
 }
 
 
@@ -72,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][2], description=COMMANDS["quickstart"][2])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
+
+    p = sub.add_parser("consolidate", help=COMMANDS["consolidate"][2], description=COMMANDS["consolidate"][2])
+    p.add_argument("checkpoint", help="a checkpoint folder (RUN/checkpoints/step_N), or a run: its latest checkpoint")
+    p.add_argument("--out", default=None, help="folder to write config.json + model.safetensors to "
+                   "(default: the checkpoint folder itself)")
 
     p = sub.add_parser("bench", help=COMMANDS["bench"][2], description=COMMANDS["bench"][2])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")

@@ -21,6 +21,8 @@ import collections
 import json
 import re
 import shutil
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -191,7 +193,9 @@ def consolidate(checkpoint: str | Path, out: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"{checkpoint / SHARDED} not found: not a checkpoint of a train.strategy=fsdp run")
     model = Mirasol(load_run_config(checkpoint).model)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=checkpoint / SHARDED)
+    with warnings.catch_warnings():  # "no process group: loading in a single process" is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=checkpoint / SHARDED)
     model.load_state_dict(state["model"])
     out = Path(out) if out else checkpoint
     if out != checkpoint:
@@ -199,6 +203,18 @@ def consolidate(checkpoint: str | Path, out: str | Path | None = None) -> Path:
         shutil.copyfile(checkpoint / "config.json", out / "config.json")
     model.save_pretrained(out)
     return out
+
+
+def cli_consolidate(args) -> int:
+    path = Path(args.checkpoint)
+    checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    if checkpoint is None or not is_sharded(checkpoint):
+        print(f"mirasol consolidate: {path} is not a checkpoint of a train.strategy=fsdp run "
+              f"(no {SHARDED}/ folder)", file=sys.stderr)
+        return 2
+    out = consolidate(checkpoint, args.out)
+    print(f"wrote {out / 'model.safetensors'}; load it with Mirasol.from_pretrained('{out}')")
+    return 0
 
 
 def latest_checkpoint(run: Path) -> Path | None:

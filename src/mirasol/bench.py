@@ -172,6 +172,7 @@ def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: st
     whose bf16 peak is known, MFU = achieved model FLOP/s / peak. Questions per clip k: the batch's
     rows ask about batch / k clips, each encoded once (`train.questions_per_clip`)."""
     from mirasol.cost import model_flops
+    from mirasol.train.loop import adamw_kernel
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
@@ -182,7 +183,7 @@ def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: st
     for combiner in combiners:
         cfg = MirasolConfig.preset(preset, combiner=combiner, **(overrides or {}))
         model = Mirasol(cfg).to(dev).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_kernel(dev))  # as in training
         for bs in batch_sizes:
             for k in questions_per_clip:
                 if bs % k:

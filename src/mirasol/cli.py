@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="model config YAML or run dir whose media settings to use "
                    "(default: the tiny preset)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+    p.add_argument("--store", default="auto", choices=["auto", "raw", "h264", "jpeg", "none"],
+                   help="how clips are kept: auto (h264 when a raw clip would exceed 1 MiB of frames, else raw), "
+                        "raw, h264, jpeg, or none (only checked; the loader decodes them on the fly). "
+                        "Default: auto")
 
     p = sub.add_parser("convert", help=COMMANDS["convert"][2], description=COMMANDS["convert"][2])
     p.add_argument("--format", required=True,

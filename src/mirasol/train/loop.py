@@ -132,7 +132,8 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
     max_len = run_cfg.data.max_text_len or run_cfg.model.max_text_len
-    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg.model)
+    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg.model,
+                                                                                              run_cfg.data.store)
 
     # --- run directory, tokenizer, cache (rank 0 prepares, the others wait) ---------------
     if main:
@@ -148,13 +149,14 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
                                   f"more than model.vocab_size={run_cfg.model.vocab_size}")
             run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples))
         manifests = [train_manifest] + ([val_manifest] if val_manifest else [])
-        report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress)
+        report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress,
+                         store=run_cfg.data.store)
         print_report(report, cache_dir)
         if report["ok"] == 0:
             raise RuntimeError(f"no clip of {train_manifest} could be decoded; see {cache_dir / 'report.json'}")
     _barrier()
     tokenizer, stats = run_dir.load_tokenizer(out), run_dir.load_train_stats(out)
-    cache = ClipCache(cache_dir, run_cfg.model)
+    cache = ClipCache(cache_dir, run_cfg.model, store=run_cfg.data.store)
     train_set = ClipDataset(train_samples, cache, tokenizer, max_len)
     val_set = ClipDataset(val_samples, cache, tokenizer, max_len) if val_samples else None
 

@@ -126,7 +126,7 @@ def _decode(args: tuple) -> tuple[ClipRequest, dict | None, bytes | None, bytes 
         return request, {"error": f"{request.video}: unexpected {type(err).__name__}: {err}"}, None, None
     if store == "none":
         return request, {**info, "video": request.video, "start": request.start, "end": request.end}, b"", b""
-    return request, info, codecs.encode(video, store), audio.tobytes()
+    return request, info, codecs.encode(video, store, cfg.frames_per_chunk), audio.tobytes()
 
 
 def _init_worker() -> None:

@@ -110,10 +110,13 @@ def decode_jpeg(data) -> np.ndarray:
         raise CodecError(f"jpeg: {err}") from None
 
 
-def encode(video: np.ndarray, fmt: str) -> bytes:
+def encode(video: np.ndarray, fmt: str, frames_per_chunk: int | None = None) -> bytes:
+    """frames_per_chunk: h264 starts each chunk with a key frame (a chunk decodes on its own)."""
     if fmt == "raw":
         return np.ascontiguousarray(video).tobytes()
-    return {"h264": encode_h264, "jpeg": encode_jpeg}[fmt](video)
+    if fmt == "h264":
+        return encode_h264(video, gop=frames_per_chunk)
+    return encode_jpeg(video)
 
 
 def decode(data, fmt: str, shape: tuple[int, ...]) -> np.ndarray:

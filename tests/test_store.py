@@ -165,6 +165,7 @@ def test_cache_refuses_another_format(manifest, tmp_path):
     prepare([one], tmp_path / "c", CFG, workers=1, progress=False, store="h264")
     assert json.loads((tmp_path / "c" / "media.json").read_text())["store"] == "h264"
     assert ClipCache(tmp_path / "c", CFG).store == "h264"  # opened as it was made
+    assert ClipCache(tmp_path / "c", CFG, store="auto").store == "h264"  # auto: an existing folder as it is
     with pytest.raises(CacheError, match=r"other media settings.*'store': \('h264', 'raw'\)"):
         ClipCache(tmp_path / "c", CFG, store="raw")
     prepare([one], tmp_path / "r", CFG, workers=1, progress=False, store="raw")

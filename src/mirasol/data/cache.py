@@ -143,8 +143,8 @@ def _read_entries(path: Path) -> dict[str, dict]:
 
 
 class ClipCache:
-    """Reader (and appender) of one cache folder. `store`: the format wanted (auto resolves by
-    frame size); None opens a folder in whatever format it was made with."""
+    """Reader (and appender) of one cache folder. `store`: the format wanted; None or auto open an
+    existing folder in whatever format it was made with (auto picks by frame size for a new one)."""
 
     def __init__(self, root: str | os.PathLike, cfg: MirasolConfig, create: bool = False, store: str | None = None):
         self.root = Path(root)
@@ -155,7 +155,7 @@ class ClipCache:
         if media_file.exists():
             found = json.loads(media_file.read_text())
             found_store = found.get("store", "raw")
-            settings = media_settings(cfg, found_store if store is None else store)
+            settings = media_settings(cfg, found_store if store in (None, "auto") else store)
             if found != settings:
                 diff = {k: (found.get(k, "raw" if k == "store" else None),
                             settings.get(k, "raw" if k == "store" else None))

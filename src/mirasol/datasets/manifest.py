@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from mirasol.errors import MirasolError
+
 TASKS = ("qa", "caption", "classify")
 
 # Fixed prompts for the tasks that have no question. Evaluation and `ask` must use these same
@@ -52,7 +54,7 @@ KNOWN_KEYS = frozenset({"id", "video", "start", "end", "task", "question", "answ
 ANSWER_ALIASES = {"caption": "caption", "classify": "label"}
 
 
-class ManifestError(ValueError):
+class ManifestError(MirasolError, ValueError):
     """A manifest row is invalid. ``path``, ``line`` (1-based, or None) and ``key`` say where."""
 
     def __init__(self, path: str | os.PathLike | None, line: int | None, key: str | None, message: str):

@@ -263,4 +263,5 @@ def cli_prepare(args) -> int:
     cfg = load_model_config(args.config)
     report = prepare(args.manifest, args.out, cfg, workers=args.workers)
     print_report(report, args.out)
-    return 0 if report["ok"] > 0 else 1
+    require_clips(report, ", ".join(args.manifest), args.out)  # some clips skipped is fine, none usable is not
+    return 0

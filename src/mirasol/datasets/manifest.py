@@ -329,7 +329,7 @@ def read_manifest(path: str | os.PathLike) -> list[Sample]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text.rstrip("\r\n"))  # without the newline, a cut-off row's column is its end
             except json.JSONDecodeError as e:
                 raise ManifestError(path, line_no, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
             sample = parse_row(obj, base_dir, line_no, path)

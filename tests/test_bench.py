@@ -51,3 +51,14 @@ def test_attention_elements_grow_quadratically_only_for_the_baseline():
 def test_unknown_benchmark_is_rejected():
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.run("nope")
+
+
+def test_uniform_smoke(tmp_path):
+    r = bench.bench_uniform(seconds=24, size=(128, 96), fps=10, gop_s=1.0, presets=("tiny",), root=tmp_path,
+                            quiet=True)
+    whole, tiny = r["runs"]["whole"], r["runs"]["tiny"]
+    assert r["frames_in_file"] == 240 and whole["frames_decoded"] >= 239  # every frame
+    # 8 samples over 24 s (3 s apart, keyframes every second): the decoder skips most frames
+    assert tiny["frames"] == 8 and tiny["covers_s"] == pytest.approx(24, abs=0.1)
+    assert tiny["frames_decoded"] < 0.6 * whole["frames_decoded"]
+    json.dumps(r)

@@ -39,11 +39,5 @@ def ask(run: str, video: str, question: str | None = None, start: float | None =
 
 
 def cli_ask(args) -> int:
-    from mirasol.media.decode import MediaError
-
-    try:
-        print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))
-    except (MediaError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))
     return 0

@@ -33,7 +33,9 @@ def _check_keys(section: str, values: dict, cls) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+            # a known key the typed one starts with (lrate -> lr) first, else the closest spelling
+            prefix = sorted((k for k in known if key.startswith(k)), key=len, reverse=True)
+            close = prefix[:1] or difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
             hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{section}.{key}'{hint} (valid: {', '.join(sorted(known))})")
 

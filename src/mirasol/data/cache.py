@@ -41,7 +41,10 @@ def clip_key(video: str, start: float | None, end: float | None) -> str:
 
 
 def media_settings(cfg: MirasolConfig) -> dict:
-    return {k: getattr(cfg, k) for k in MEDIA_KEYS}
+    settings = {k: getattr(cfg, k) for k in MEDIA_KEYS}
+    if cfg.audio_features != "log_mel":  # only when set, so caches made before the key existed stay valid
+        settings["audio_features"] = cfg.audio_features
+    return settings
 
 
 def default_cache_dir(manifest: str | os.PathLike, cfg: MirasolConfig) -> Path:

@@ -171,9 +171,6 @@ class MirasolConfig:
             value = getattr(self, key)
             need(value is None or (isinstance(value, str) and value.strip() != ""), key,
                  f"must be the path of a local Hugging Face model folder, got {value!r}")
-        need(self.audio_backbone is None or self.audio_features == "whisper", "audio_features",
-             "audio_backbone (the Whisper encoder) needs audio_features='whisper' (its own log-mel); "
-             "`mirasol train` sets it, with n_mels, from the backbone's folder")
         need(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
         need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 

@@ -49,7 +49,11 @@ def write_run_files(run: Path, run_config: dict, tokenizer: MirasolTokenizer, st
 
 
 def load_tokenizer(run: str | Path) -> MirasolTokenizer:
-    return MirasolTokenizer.load(Path(run) / "tokenizer.json")
+    """The run's tokenizer: ours, or its text backbone's own (with the special ids of its config)."""
+    from mirasol.data.tokenizer import tokenizer_for
+    from mirasol.train.config import load_model_config
+
+    return tokenizer_for(load_model_config(run), Path(run) / "tokenizer.json")
 
 
 def load_train_stats(run: str | Path) -> dict:
@@ -97,8 +101,9 @@ def save_checkpoint(run: Path, model, run_config: dict, train_state: dict, step:
     torch.save(train_state, tmp / "train_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for name in ("config.json", "model.safetensors", "train_state.pt"):
-        _atomic_copy(final / name, run / name)
+    for name in ("config.json", "model.safetensors", "train_state.pt", "backbones.json"):
+        if (final / name).exists():
+            _atomic_copy(final / name, run / name)
     for old in checkpoint_dirs(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -71,7 +71,7 @@ class LMDecoder(nn.Module):
             GatedCrossBlock(dim, lm.config.num_attention_heads, cfg.av_dim, cfg.mlp_ratio, cfg.dropout)
             for _ in self.cross_after)
         self.extra = nn.Embedding(cfg.vocab_size - self.lm_vocab, dim)
-        nn.init.normal_(self.extra.weight, std=float(lm.get_input_embeddings().weight.std()))
+        nn.init.normal_(self.extra.weight, std=float(lm.get_input_embeddings().weight.detach().std()))
         self.extra.keep_init = True  # Mirasol._init_weights leaves it at the LM's embedding scale
         # The cross-attention layers run as forward hooks of the LM's layers, so the LM keeps its
         # own module names (for LoRA targets and its weight files) and its own forward.
@@ -173,6 +173,9 @@ class WhisperBackbone(nn.Module):
 
     def __init__(self, cfg: MirasolConfig, encoder: nn.Module):
         super().__init__()
+        if cfg.audio_features != "whisper" or cfg.n_mels != encoder.config.num_mel_bins:
+            raise ValueError(f"the Whisper encoder needs audio_features='whisper' and n_mels="
+                             f"{encoder.config.num_mel_bins} (mirasol.pretrained.resolve_config sets both)")
         self.encoder = encoder
         self.out_dim = encoder.config.d_model
         frames = cfg.audio_frames_per_chunk // (encoder.conv1.stride[0] * encoder.conv2.stride[0])

@@ -27,7 +27,7 @@ from mirasol.config import ConfigError
 from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
 from mirasol.datasets.manifest import family, normalize_answer, read_manifest
-from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
+from mirasol.data.tokenizer import BackboneTokenizer, MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import predict
 from mirasol.model import IGNORE_INDEX, Mirasol
 from mirasol import run_dir
@@ -72,6 +72,8 @@ def _autocast(run_cfg: RunConfig, device: torch.device):
 def _param_groups(model: torch.nn.Module, weight_decay: float):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen backbone weights
+            continue
         (decay if p.dim() >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -128,6 +130,10 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
         raise ConfigError(f"config key 'train.batch_size': batch_size={tc.batch_size} is not divisible by "
                           f"processes x grad_accum = {world} x {tc.grad_accum}")
     # --- everything that can fail cheaply, before any work ---------------------------------
+    if any(getattr(run_cfg.model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+        from mirasol.pretrained import resolve_config
+
+        run_cfg.model = resolve_config(run_cfg.model)  # vocabulary, specials, audio features from the folders
     train_samples = read_manifest(train_manifest)
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
@@ -138,7 +144,9 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            if run_cfg.data.tokenizer:
+            if run_cfg.model.text_backbone:  # the LM's own tokenizer
+                tokenizer = BackboneTokenizer.load(run_cfg.model.text_backbone, run_cfg.model)
+            elif run_cfg.data.tokenizer:
                 tokenizer = MirasolTokenizer.load(run_cfg.data.tokenizer)
             else:
                 tokenizer = MirasolTokenizer.train(tokenizer_texts(train_samples + val_samples),
@@ -160,16 +168,24 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
 
     # --- model and optimiser -------------------------------------------------------------------
     torch.manual_seed(tc.seed)
-    model = Mirasol(run_cfg.model).to(device)
+    if any(getattr(run_cfg.model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+        from mirasol.pretrained import build_model
+
+        model = build_model(run_cfg.model, tc.freeze, tc.lora).to(device)
+    else:
+        model = Mirasol(run_cfg.model).to(device)
+    if main:
+        trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                            sum(p.numel() for p in model.parameters()))
+        print(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f} %)",
+              file=sys.stderr)
     optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
     step = 0
     if resume:
         last = run_dir.latest_checkpoint(out)
-        from safetensors.torch import load_model
-
-        load_model(model, str(last / "model.safetensors"), device=str(device))
+        model.load_trained_weights(last / "model.safetensors", device=str(device))
         state = run_dir.load_train_state(last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

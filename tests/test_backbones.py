@@ -200,6 +200,7 @@ FAST = ["train.batch_size=8", "train.max_steps=8", "train.save_every=4", "train.
         "train.warmup_steps=1", "train.plots=false", "train.lr=3e-3"]
 
 
+@pytest.mark.slow
 def test_train_frozen_lm_with_lora_then_ask_and_reload(world, gpt2, vit, tmp_path):
     from safetensors.torch import load_file
 
@@ -256,6 +257,7 @@ def test_train_frozen_lm_with_lora_then_ask_and_reload(world, gpt2, vit, tmp_pat
         weights.write_bytes(original)
 
 
+@pytest.mark.slow
 def test_full_fine_tune_changes_the_lm_and_saves_it(world, llama, tmp_path):
     run = tmp_path / "run"
     result = _cli("train", "--config", "tiny", "--train", str(world / "train.jsonl"), "--out", str(run),
@@ -279,3 +281,11 @@ def test_bad_backbone_settings_are_named(gpt2, tmp_path):
         load_run_config("tiny", [f"model.text_backbone={gpt2}", "train.lora={r: 4}"])
     with pytest.raises(ConfigError, match=f"{tmp_path}.*not a local Hugging Face model folder"):
         resolve_config(MirasolConfig.preset("tiny", text_backbone=str(tmp_path)))
+
+
+def test_packaged_gpt2_lora_config_loads():
+    from mirasol.train.config import load_run_config
+
+    cfg = load_run_config("gpt2-lora")
+    assert cfg.model.text_backbone == "/models/gpt2" and cfg.train.freeze == ["text_backbone"]
+    assert cfg.train.lora["targets"] == ["c_attn"] and cfg.model.cross_attn_every == 3

@@ -51,3 +51,35 @@ def test_attention_elements_grow_quadratically_only_for_the_baseline():
 def test_unknown_benchmark_is_rejected():
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.run("nope")
+
+
+def test_uniform_smoke(tmp_path):
+    r = bench.bench_uniform(seconds=24, size=(128, 96), fps=10, gop_s=1.0, presets=("tiny",), root=tmp_path,
+                            quiet=True)
+    whole, tiny = r["runs"]["whole"], r["runs"]["tiny"]
+    assert r["frames_in_file"] == 240 and whole["frames_decoded"] >= 239  # every frame
+    # 8 samples over 24 s (3 s apart, keyframes every second): the decoder skips most frames
+    assert tiny["frames"] == 8 and tiny["covers_s"] == pytest.approx(24, abs=0.1)
+    assert tiny["frames_decoded"] < 0.6 * whole["frames_decoded"]
+    json.dumps(r)
+
+
+def test_store_smoke(tmp_path):
+    if bench.real_media_dir() is None:
+        pytest.skip("real sample videos not found")
+    candidates = {"h264 crf18 444 gop=chunk": bench.STORE_CANDIDATES["h264 crf18 444 gop=chunk"]}
+    r = bench.bench_store(presets=("tiny",), candidates=candidates, repeats=1, prepare_presets=("tiny",),
+                          prepare_stores=("raw", "h264"), workers=(1,), copies=1, loader_presets=("tiny",),
+                          loader_stores=("h264", "none"), loader_samples=2, step_preset=None, root=tmp_path,
+                          quiet=True)
+    rows = r["codecs"]
+    assert len(rows) == 2 * len(bench.REAL_INPUTS)  # raw + the candidate, per input
+    for name, row in rows.items():
+        assert row["ratio"] >= 1 and row["decode_ms"] > 0
+        if name.endswith("gop=chunk"):
+            assert row["video_bytes"] < row["raw_bytes"] - row["audio_bytes"] and 25 < row["psnr_db"] < 99
+    assert set(r["prepare"]) == {"tiny/raw/w1", "tiny/h264/w1"}
+    assert r["prepare"]["tiny/h264/w1"]["bytes_per_clip"] < r["prepare"]["tiny/raw/w1"]["bytes_per_clip"]
+    assert set(r["loader"]) == {"tiny/h264/w1", "tiny/none/w1"}
+    assert all(v["samples_per_s"] > 0 for v in r["loader"].values())
+    json.dumps(r)

@@ -20,6 +20,11 @@ from pathlib import Path
 import torch
 
 from mirasol.config import ConfigError, MirasolConfig
+from mirasol.errors import MirasolError
+
+
+class BackboneError(MirasolError, ValueError):
+    """A saved model's backbone folder is missing or its weights changed (the message names it)."""
 
 HF_EXTRA = 'pip install -e ".[hf]"  (transformers and peft)'
 BACKBONE_KEYS = ("text_backbone", "video_backbone", "audio_backbone")
@@ -190,11 +195,11 @@ def build_saved_model(cfg: MirasolConfig, path: str | Path):
             folder = Path(getattr(cfg, key)).expanduser()
             saved = info.get(key, {})
             if not (folder / "config.json").is_file():
-                raise FileNotFoundError(f"{path} was trained on the {key} in {folder}, which is missing; put the same "
+                raise BackboneError(f"{path} was trained on the {key} in {folder}, which is missing; put the same "
                                         f"model folder back there (weights sha256 {saved.get('sha256', '?')[:16]}...)")
             digest = weights_hash(folder)
             if saved.get("sha256") != digest:
-                raise ValueError(f"{path} was trained on the {key} in {folder}, but its weights have changed since "
+                raise BackboneError(f"{path} was trained on the {key} in {folder}, but its weights have changed since "
                                  f"(sha256 {digest[:16]}... instead of {saved.get('sha256', '?')[:16]}...); "
                                  "restore the original model files")
     return build_model(cfg, info.get("freeze", ()), info.get("lora"))

@@ -111,7 +111,9 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     cache: str | None = None  # clip cache folder; default: <train manifest folder>/.mirasol_cache/<media hash>
-    workers: int = 0  # DataLoader worker processes (the cache needs no decoding, so 0 is usually enough)
+    workers: int = 0  # DataLoader worker processes (a raw cache needs no decoding: 0 is enough there)
+    # clip store: auto (h264 for large frames, raw for small) | raw | h264 | jpeg | none (decode on the fly)
+    store: str = "auto"
     prepare_workers: int | None = None  # decoding processes for `prepare` (default: CPU count)
     max_text_len: int | None = None  # default: model.max_text_len
     tokenizer: str | None = None  # an existing tokenizer.json to use instead of training one
@@ -119,6 +121,10 @@ class DataConfig:
     def validate(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"config key 'data.workers': must be an integer >= 0, got {self.workers!r}")
+        from mirasol.data.cache import STORES  # light: numpy + tqdm, no torch
+
+        if self.store not in STORES:
+            raise ConfigError(f"config key 'data.store': must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.tokenizer is not None and not Path(self.tokenizer).exists():
             raise ConfigError(f"config key 'data.tokenizer': {self.tokenizer} does not exist")
 

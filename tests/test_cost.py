@@ -1,7 +1,6 @@
 """The analytic cost model (mirasol.cost) against what torch counts and what a step allocates."""
 
 import pytest
-import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 

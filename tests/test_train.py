@@ -40,8 +40,9 @@ def losses(run: Path) -> dict[int, float]:
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="unknown config key 'train.lrate'.*did you mean 'train.lr'"):
-        load_run_config("tiny", ["train.lrate=1"])
+    # ('lrate' is now closer to the 'train.lora' key than to 'lr')
+    with pytest.raises(ConfigError, match="unknown config key 'train.lrr'.*did you mean 'train.lr'"):
+        load_run_config("tiny", ["train.lrr=1"])
     with pytest.raises(ConfigError, match="unknown config key 'num_chunk'"):
         load_run_config("tiny", ["model.num_chunk=3"])
     with pytest.raises(ConfigError, match="batch_size=10 is not divisible by grad_accum=3"):
@@ -139,7 +140,7 @@ def test_train_help_lists_every_config_key():
     for cls in (TrainConfig, DataConfig, MirasolConfig):
         for f in dataclasses.fields(cls):
             assert f.name in text, f.name
-    assert "questions_per_clip=1" in text and "packaged configs (--config NAME): base, small, tiny" in text
+    assert "questions_per_clip=1" in text and "packaged configs (--config NAME): base, gpt2-lora, small, tiny" in text
 
 
 def _without_last_checkpoint(run: Path, copy: Path) -> Path:
@@ -236,4 +237,3 @@ def test_fsdp_killed_run_resumes_on_two_processes_and_bf16_loss_falls(world, tmp
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-3), step
     assert a[6] < 0.9 * a[1]
-

@@ -61,7 +61,11 @@ def write_run_files(run: Path, run_config: dict, tokenizer: MirasolTokenizer, st
 
 
 def load_tokenizer(run: str | Path) -> MirasolTokenizer:
-    return MirasolTokenizer.load(Path(run) / "tokenizer.json")
+    """The run's tokenizer: ours, or its text backbone's own (with the special ids of its config)."""
+    from mirasol.data.tokenizer import tokenizer_for
+    from mirasol.train.config import load_model_config
+
+    return tokenizer_for(load_model_config(run), Path(run) / "tokenizer.json")
 
 
 def load_train_stats(run: str | Path) -> dict:
@@ -79,7 +83,12 @@ def load_run(run: str | Path, device: str | torch.device = "cpu"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run / name} not found: is {run} a finished `mirasol train` run directory?")
     run_cfg = load_run_config(run)
-    model = Mirasol(run_cfg.model)  # what Mirasol.from_pretrained does, with errors that name the file
+    if any(getattr(run_cfg.model, key) for key in Mirasol.BACKBONES):
+        from mirasol.pretrained import build_saved_model  # the backbone folders, hash-checked
+
+        model = build_saved_model(run_cfg.model, run)
+    else:
+        model = Mirasol(run_cfg.model)  # what Mirasol.from_pretrained does, with errors that name the file
     load_weights(model, run / "model.safetensors", device)
     return model.to(device).eval(), load_tokenizer(run), load_train_stats(run), run_cfg
 
@@ -111,8 +120,9 @@ def save_checkpoint(run: Path, model, run_config: dict, train_state: dict, step:
     torch.save(train_state, tmp / "train_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for name in ("config.json", "model.safetensors", "train_state.pt"):
-        _atomic_copy(final / name, run / name)
+    for name in ("config.json", "model.safetensors", "train_state.pt", "backbones.json"):
+        if (final / name).exists():
+            _atomic_copy(final / name, run / name)
     for old in checkpoint_dirs(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -232,11 +242,9 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def load_weights(model, file: Path, device: str | torch.device = "cpu") -> None:
-    from safetensors.torch import load_model
-
     try:
-        load_model(model, str(file), device=str(device))
-    except (SafetensorError, RuntimeError) as err:
+        model.load_trained_weights(file, device=str(device))  # a backbone's frozen weights are not in the file
+    except (SafetensorError, RuntimeError, ValueError) as err:
         raise _weights_error(file, err) from None
 
 

@@ -75,6 +75,8 @@ def media_settings(cfg: MirasolConfig, store: str = "raw") -> dict:
     """What a cache folder is keyed by. The store format is only recorded when it is not raw, so
     that raw caches made before the formats existed keep their folder and stay valid."""
     settings = {k: getattr(cfg, k) for k in MEDIA_KEYS}
+    if cfg.audio_features != "log_mel":  # likewise only when set (a Whisper audio backbone)
+        settings["audio_features"] = cfg.audio_features
     store = resolve_store(store, cfg)
     return settings if store == "raw" else {**settings, "store": store}
 

@@ -69,6 +69,10 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each transformer block in the backward: less memory, ~1.3x compute
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
     save_consolidated: bool = True  # fsdp: one model.safetensors at every save (False: only at the end)
+    # Pretrained backbones (model.*_backbone): which keep their loaded weights, and LoRA adapters
+    # (peft) {r, alpha, dropout, targets: [module names], parts: [text_backbone]}.
+    freeze: list = field(default_factory=list)
+    lora: dict | None = None
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "questions_per_clip", "max_steps", "log_every", "keep_checkpoints",
@@ -97,6 +101,26 @@ class TrainConfig:
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("config keys 'train.grad_clip' and 'train.weight_decay' must be >= 0")
         self.betas = tuple(float(b) for b in self.betas)
+        backbones = ("text_backbone", "video_backbone", "audio_backbone")
+        if not isinstance(self.freeze, (list, tuple)) or any(k not in backbones for k in self.freeze):
+            raise ConfigError(f"config key 'train.freeze': must be a list drawn from {list(backbones)}, got {self.freeze!r}")
+        self.freeze = list(self.freeze)
+        if self.lora is not None:
+            known = {"r", "alpha", "dropout", "targets", "parts"}
+            if not isinstance(self.lora, dict) or set(self.lora) - known:
+                raise ConfigError(f"config key 'train.lora': a mapping with keys {sorted(known)}, got {self.lora!r}")
+            targets = self.lora.get("targets")
+            if not targets or not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                raise ConfigError("config key 'train.lora.targets': the LM's module names to adapt, e.g. [c_attn] "
+                                  "(GPT-2) or [q_proj, v_proj] (Llama, Qwen2)")
+            r = self.lora.get("r", 8)
+            if not isinstance(r, int) or r < 1:
+                raise ConfigError(f"config key 'train.lora.r': must be a positive integer, got {r!r}")
+            if not 0 <= float(self.lora.get("dropout", 0.0)) < 1:
+                raise ConfigError("config key 'train.lora.dropout': must be in [0, 1)")
+            for part in self.lora.get("parts", ["text_backbone"]):
+                if part not in backbones:
+                    raise ConfigError(f"config key 'train.lora.parts': {part!r} is not one of {list(backbones)}")
 
 
 @dataclass
@@ -146,6 +170,15 @@ class RunConfig:
         train, data = TrainConfig(**train_raw), DataConfig(**data_raw)
         train.validate()
         data.validate()
+        for key in train.freeze + (train.lora or {}).get("parts", ["text_backbone"] if train.lora else []):
+            if getattr(model, key) is None:
+                raise ConfigError(f"config key 'train.freeze'/'train.lora' names {key}, but model.{key} is not set")
+        if any(getattr(model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+            from mirasol.pretrained import require_hf
+
+            require_hf("config keys model.text_backbone / video_backbone / audio_backbone")
+            if model.text_backbone and data.tokenizer:
+                raise ConfigError("config key 'data.tokenizer': a text backbone brings its own tokenizer; leave it unset")
         return cls(model, train, data)
 
 

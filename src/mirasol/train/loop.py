@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -29,7 +28,7 @@ from mirasol.config import ConfigError
 from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report, require_clips
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
 from mirasol.datasets.manifest import family, normalize_answer, read_manifest
-from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
+from mirasol.data.tokenizer import BackboneTokenizer, MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import predict
 from mirasol.model import IGNORE_INDEX, Mirasol
 from mirasol import run_dir
@@ -73,6 +72,8 @@ def adamw_kernel(device: torch.device) -> dict:
 def _param_groups(model: torch.nn.Module, weight_decay: float):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen backbone weights
+            continue
         (decay if p.dim() >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -130,6 +131,10 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
         raise ConfigError(f"config key 'train.batch_size': batch_size={tc.batch_size} is not divisible by "
                           f"processes x grad_accum = {world} x {tc.grad_accum}")
     # --- everything that can fail cheaply, before any work ---------------------------------
+    if any(getattr(run_cfg.model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+        from mirasol.pretrained import resolve_config
+
+        run_cfg.model = resolve_config(run_cfg.model)  # vocabulary, specials, audio features from the folders
     train_samples = read_manifest(train_manifest)
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
@@ -143,7 +148,9 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            if run_cfg.data.tokenizer:
+            if run_cfg.model.text_backbone:  # the LM's own tokenizer
+                tokenizer = BackboneTokenizer.load(run_cfg.model.text_backbone, run_cfg.model)
+            elif run_cfg.data.tokenizer:
                 tokenizer = MirasolTokenizer.load(run_cfg.data.tokenizer)
             else:
                 tokenizer = MirasolTokenizer.train(tokenizer_texts(train_samples + val_samples),
@@ -165,7 +172,17 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
 
     # --- model and optimiser -------------------------------------------------------------------
     torch.manual_seed(tc.seed)
-    model = Mirasol(run_cfg.model).to(device)
+    if any(getattr(run_cfg.model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+        from mirasol.pretrained import build_model
+
+        model = build_model(run_cfg.model, tc.freeze, tc.lora).to(device)
+    else:
+        model = Mirasol(run_cfg.model).to(device)
+    if main:
+        trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                            sum(p.numel() for p in model.parameters()))
+        print(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f} %)",
+              file=sys.stderr)
     model.set_activation_checkpointing(tc.activation_checkpointing)
     if fsdp:
         shard_model(model, device, bf16=_precision(run_cfg, device) == "bf16")

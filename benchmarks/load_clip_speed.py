@@ -2,7 +2,7 @@
 
     python benchmarks/load_clip_speed.py [--repeats 7] [--keep DIR]
 
-Writes a 10 s 854x480 30 fps H.264 + AAC (44.1 kHz stereo) file with mirasol.data.media_writer,
+Writes a 10 s 854x480 30 fps H.264 + AAC (44.1 kHz stereo) file with mirasol.media.writer,
 then times load_clip (median of the repeats, after one warm-up) for the 'tiny' and 'small' presets,
 with the clip taken from the start and from the centre (which seeks).
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from mirasol import MirasolConfig
-from mirasol.data import load_clip
-from mirasol.data.media_writer import write_video
+from mirasol.media import load_clip
+from mirasol.media.writer import write_video
 
 
 def write_clip(path: Path, seconds: float = 10.0, fps: int = 30, size=(480, 854), sample_rate: int = 44100) -> None:

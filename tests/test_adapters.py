@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from mirasol.cli import build_parser
-from mirasol.data.adapters import ConvertError, cli_convert, convert, fill_template
-from mirasol.data.manifest import read_manifest
+from mirasol.datasets.adapters import ConvertError, cli_convert, convert, fill_template
+from mirasol.datasets.manifest import read_manifest
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "annotations"
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from mirasol.data.manifest import (
+from mirasol.datasets.manifest import (
     CAPTION_PROMPT,
     CLASSIFY_PROMPT,
     ManifestError,

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from mirasol import MirasolConfig
-from mirasol.data import Clip, MediaError, NoAudioError, load_clip
-from mirasol.data import decode as decode_module
-from mirasol.data.clip import count_valid_chunks
-from mirasol.data.decode import plan_window
-from mirasol.data.features import LOG_MEL_SCALE, SILENCE, fft_size, log_mel, mel_band_centres, mel_filterbank
-from mirasol.data.media_writer import write_video
+from mirasol.media import Clip, MediaError, NoAudioError, load_clip
+from mirasol.media import decode as decode_module
+from mirasol.media.clip import count_valid_chunks
+from mirasol.media.decode import plan_window
+from mirasol.media.features import LOG_MEL_SCALE, SILENCE, fft_size, log_mel, mel_band_centres, mel_filterbank
+from mirasol.media.writer import write_video
 
 # <clone>/../shared/samples/media, the same layout locally and in CI.
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "media"
@@ -507,3 +507,10 @@ def test_memory_is_bounded_on_a_long_file(tmp_path):
     assert result["valid"] == pytest.approx(seconds, abs=0.1)
     assert result["rss_growth_kb"] < 60_000, result  # far less than the decoded file
     assert result["traced_peak"] < 16_000_000, result  # python/numpy side: samples + 64 s of audio
+
+
+def test_load_clip_is_still_importable_from_mirasol_data():
+    # The user contract (DESIGN.md) names `from mirasol.data import load_clip`; it lives in mirasol.media.
+    from mirasol import data
+
+    assert data.load_clip is load_clip and data.MediaError is MediaError

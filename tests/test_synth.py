@@ -1,4 +1,4 @@
-"""The built-in audio-visual world (mirasol.data.synth): determinism, manifests, balance, media,
+"""The built-in audio-visual world (mirasol.datasets.synth): determinism, manifests, balance, media,
 and an oracle that answers every question family from the decoded media alone at the `tiny`
 preset's resolution (32x32 frames at 2 fps, 16 kHz mono audio)."""
 
@@ -14,7 +14,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from mirasol.data import synth  # noqa: E402
+from mirasol.datasets import synth  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 QA_FAMILIES = [f for f, info in synth.FAMILIES.items() if info["task"] == "qa"]
@@ -102,7 +102,7 @@ def test_manifests_valid(dataset):
                 assert row["answer"] in answers
     # the project's own manifest reader accepts them, when it is there
     try:
-        from mirasol.data.manifest import read_manifest
+        from mirasol.datasets.manifest import read_manifest
     except ImportError:
         return
     for split in SPLITS:
@@ -355,8 +355,8 @@ def solve_log_mel(log_mel, band_hz, hop_s, shift, scale):
 def test_oracle_on_model_inputs(dataset):
     """Answers every family from load_clip(path, tiny preset): the model's own 32x32 frames at
     2 fps and its 32-bin log-mel, so the information reaches the tiny model's inputs."""
-    clip_mod = pytest.importorskip("mirasol.data.clip")
-    features = pytest.importorskip("mirasol.data.features")
+    clip_mod = pytest.importorskip("mirasol.media.clip")
+    features = pytest.importorskip("mirasol.media.features")
     from mirasol.config import MirasolConfig
 
     cfg = MirasolConfig.preset("tiny")

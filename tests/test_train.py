@@ -21,7 +21,7 @@ FAST = ["train.batch_size=8", "train.max_steps=6", "train.save_every=2", "train.
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from mirasol.data.synth import synthesize
+    from mirasol.datasets.synth import synthesize
 
     out = tmp_path_factory.mktemp("world")
     synthesize(out, num=20, seed=1)

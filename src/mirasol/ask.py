@@ -6,16 +6,16 @@ import sys
 
 import torch
 
-from mirasol.data.manifest import Sample, prompt_for
+from mirasol.datasets.manifest import Sample, prompt_for
 
 
 def ask(run: str, video: str, question: str | None = None, start: float | None = None,
         end: float | None = None, log=None) -> str:
     """The answer (or, without a question, a caption). `log` (a file) gets a line saying which
     seconds the model saw when the video is longer than the model's clip."""
-    from mirasol.data.clip import load_clip
+    from mirasol.media.clip import load_clip
     from mirasol.data.dataset import chunk_mask
-    from mirasol.eval.evaluate import load_run
+    from mirasol.run_dir import load_run
     from mirasol.eval.predict import predict
 
     model, tokenizer, stats, _ = load_run(run)
@@ -35,7 +35,7 @@ def ask(run: str, video: str, question: str | None = None, start: float | None =
 
 
 def cli_ask(args) -> int:
-    from mirasol.data.decode import MediaError
+    from mirasol.media.decode import MediaError
 
     try:
         print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))

@@ -338,7 +338,7 @@ def bench_generate(batch: int = 8, new_tokens: int = 32, prompt_len: int = 12, p
 def synthetic_cache(cfg: MirasolConfig, num: int = 40, root: Path | None = None) -> tuple[Path, Path]:
     """(train manifest, cache dir) of the built-in dataset with `num` clips, made once and reused."""
     from mirasol.data.cache import prepare
-    from mirasol.data.synth import synthesize
+    from mirasol.datasets.synth import synthesize
 
     root = root or work_dir() / f"synth{num}"
     manifest = root / "data" / "train.jsonl"
@@ -356,7 +356,7 @@ def bench_data(batch: int = 32, num_clips: int = 40, preset: str = "tiny", repea
     DataLoader with 0 workers as in training) vs the training step on the same batch."""
     from mirasol.data.cache import ClipCache
     from mirasol.data.dataset import ClipDataset, EpochBatches, collate
-    from mirasol.data.manifest import read_manifest
+    from mirasol.datasets.manifest import read_manifest
     from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 
     cfg = MirasolConfig.preset(preset)
@@ -417,7 +417,7 @@ def _moving_frames(seconds: float, fps: int, h: int, w: int):
 def write_test_video(path: Path, seconds: float, size: tuple[int, int], fps: int = 30, sample_rate: int = 44100,
                      crf: int = 28) -> Path:
     """A `seconds` long H.264 + AAC (a 440 Hz tone) file of size (width, height); kept if it exists."""
-    from mirasol.data.media_writer import write_video
+    from mirasol.media.writer import write_video
 
     if path.exists():
         return path
@@ -434,7 +434,7 @@ _RSS_CHILD = r"""
 import json, resource, sys, time
 import torch
 from mirasol import MirasolConfig
-from mirasol.data import load_clip
+from mirasol.media import load_clip
 path, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if mode == "whole":  # tiny media settings with 1 s chunks, as many as the file lasts: every frame is decoded
@@ -497,7 +497,7 @@ def bench_prepare(num_clips: int = 8, clip_seconds: float = 10.0, workers=(1, 2)
                                   fps=hd_fps, crf=35)
     setup_s = time.perf_counter() - began
 
-    from mirasol.data import load_clip
+    from mirasol.media import load_clip
 
     def prepare_once(cfg: MirasolConfig, w: int) -> None:
         with tempfile.TemporaryDirectory(dir=root) as cache_dir:  # a fresh cache: every clip is decoded

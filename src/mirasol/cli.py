@@ -9,9 +9,9 @@ import sys
 
 # subcommand -> (module, function, one-line help)
 COMMANDS = {
-    "synth": ("mirasol.data.synth", "cli_synth", "write the built-in audio-visual dataset (mp4 + manifests)"),
+    "synth": ("mirasol.datasets.synth", "cli_synth", "write the built-in audio-visual dataset (mp4 + manifests)"),
     "prepare": ("mirasol.data.cache", "cli_prepare", "decode a manifest's clips once into a cache"),
-    "convert": ("mirasol.data.adapters", "cli_convert", "official dataset annotations -> manifest"),
+    "convert": ("mirasol.datasets.adapters", "cli_convert", "official dataset annotations -> manifest"),
     "train": ("mirasol.train.loop", "cli_train", "train a model"),
     "evaluate": ("mirasol.eval.evaluate", "cli_evaluate", "evaluate a trained run on a manifest"),
     "ask": ("mirasol.ask", "cli_ask", "ask a trained run about a video file"),

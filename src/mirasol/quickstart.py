@@ -14,7 +14,7 @@ QUICKSTART_CLIPS = 3000  # 11 questions each; the relational families need this 
 
 def quickstart(out: str | Path = "quickstart", num: int = QUICKSTART_CLIPS, overrides: list[str] = (),
                seed: int = 0, progress: bool = True) -> dict:
-    from mirasol.data.synth import synthesize
+    from mirasol.datasets.synth import synthesize
     from mirasol.eval.evaluate import evaluate, format_table
     from mirasol.train.config import load_run_config
     from mirasol.train.loop import train

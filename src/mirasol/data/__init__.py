@@ -1,6 +1,7 @@
-"""Data: media decoding, features, manifests, caching."""
+"""Feeding training: the clip store (decode once, read many times), the dataset and its batches,
+and the tokenizer. `load_clip` lives in mirasol.media and is re-exported here, where users first
+looked for it."""
 
-from mirasol.data.clip import Clip, load_clip
-from mirasol.data.decode import MediaError, NoAudioError
+from mirasol.media import Clip, MediaError, NoAudioError, load_clip
 
 __all__ = ["Clip", "MediaError", "NoAudioError", "load_clip"]

@@ -44,6 +44,14 @@ def media_settings(cfg: MirasolConfig) -> dict:
     return {k: getattr(cfg, k) for k in MEDIA_KEYS}
 
 
+def default_cache_dir(manifest: str | os.PathLike, cfg: MirasolConfig) -> Path:
+    """<manifest folder>/.mirasol_cache/<hash of the media settings>: one cache per media setting."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(media_settings(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(manifest).resolve().parent / ".mirasol_cache" / digest
+
+
 class CacheError(RuntimeError):
     pass
 
@@ -60,8 +68,8 @@ class ClipRequest:
 def _decode(args: tuple[ClipRequest, dict]) -> tuple[ClipRequest, dict | None, bytes | None, bytes | None]:
     """Worker: decode one clip. Returns (request, info, video bytes, audio bytes) or an error info."""
     request, cfg_dict = args
-    from mirasol.data.clip import load_clip
-    from mirasol.data.decode import MediaError
+    from mirasol.media.clip import load_clip
+    from mirasol.media.decode import MediaError
 
     cfg = MirasolConfig.from_dict(cfg_dict)
     try:
@@ -204,7 +212,7 @@ def requests_for(samples: Iterable) -> list[ClipRequest]:
 def prepare(manifests: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: MirasolConfig,
             workers: int | None = None, progress: bool = True) -> dict:
     """Cache every clip the manifests refer to; write and return the report."""
-    from mirasol.data.manifest import read_manifest
+    from mirasol.datasets.manifest import read_manifest
 
     samples = [s for m in manifests for s in read_manifest(m)]
     cache = ClipCache(out, cfg, create=True)

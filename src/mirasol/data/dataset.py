@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mirasol.data.cache import ClipCache, clip_key
-from mirasol.data.manifest import Sample, prompt_text
+from mirasol.datasets.manifest import Sample, prompt_text
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.model import IGNORE_INDEX
 

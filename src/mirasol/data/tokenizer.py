@@ -241,7 +241,7 @@ def pad_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id
 def tokenizer_texts(samples) -> list[str]:
     """The texts a tokenizer should be trained on for these samples: prompts (questions and the
     fixed task prompts), answers and choices."""
-    from mirasol.data.manifest import TASK_PROMPTS, prompt_text
+    from mirasol.datasets.manifest import TASK_PROMPTS, prompt_text
 
     texts = list(TASK_PROMPTS.values())
     for sample in samples:
@@ -255,7 +255,7 @@ def tokenizer_texts(samples) -> list[str]:
 def train_tokenizer_from_manifests(paths: Iterable[str | os.PathLike] | str | os.PathLike, vocab_size: int = 512,
                                    min_frequency: int = 1) -> MirasolTokenizer:
     """Read manifests (one path or several) and train a tokenizer on their text."""
-    from mirasol.data.manifest import read_manifest
+    from mirasol.datasets.manifest import read_manifest
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

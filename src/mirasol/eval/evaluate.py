@@ -17,26 +17,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mirasol.data.cache import ClipCache, prepare, print_report
+from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report
 from mirasol.data.dataset import ClipDataset, collate
-from mirasol.data.manifest import normalize_answer, read_manifest
-from mirasol.data.tokenizer import MirasolTokenizer
+from mirasol.datasets.manifest import family, normalize_answer, read_manifest
 from mirasol.eval.predict import predict
-from mirasol.model import Mirasol
-from mirasol.train.config import load_run_config
-from mirasol.train.loop import default_cache_dir, family
-
-
-def load_run(run: str | Path, device: str | torch.device = "cpu"):
-    run = Path(run)
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        if not (run / name).exists():
-            raise FileNotFoundError(f"{run / name} not found: is {run} a finished `mirasol train` run directory?")
-    model = Mirasol.from_pretrained(run, device=device)
-    tokenizer = MirasolTokenizer.load(run / "tokenizer.json")
-    stats_file = run / "train_stats.json"
-    stats = json.loads(stats_file.read_text()) if stats_file.exists() else {"labels": [], "answer_prior": {}}
-    return model, tokenizer, stats, load_run_config(run)
+from mirasol.run_dir import load_run
 
 
 def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size: int = 32,
@@ -44,7 +29,7 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, stats, run_cfg = load_run(run, device)
     samples = read_manifest(manifest)
-    cache_dir = Path(cache) if cache else default_cache_dir(manifest, run_cfg)
+    cache_dir = Path(cache) if cache else default_cache_dir(manifest, model.cfg)
     report_prep = prepare([manifest], cache_dir, model.cfg, workers=run_cfg.data.prepare_workers, progress=progress)
     print_report(report_prep, cache_dir)
     max_len = run_cfg.data.max_text_len or model.cfg.max_text_len

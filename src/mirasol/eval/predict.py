@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mirasol.data.manifest import Sample
+from mirasol.datasets.manifest import Sample
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.model import Mirasol
 

@@ -11,7 +11,6 @@ Several processes: launch with `torchrun --nproc_per_node N -m mirasol.cli train
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import math
 import os
@@ -25,36 +24,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mirasol.config import ConfigError
-from mirasol.data.cache import ClipCache, media_settings, prepare, print_report
+from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
-from mirasol.data.manifest import normalize_answer, read_manifest
+from mirasol.datasets.manifest import family, normalize_answer, read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import predict
 from mirasol.model import IGNORE_INDEX, Mirasol
-from mirasol.train import checkpoint as ckpt
+from mirasol import run_dir
 from mirasol.train.config import RunConfig, load_run_config
 from mirasol.train.schedule import lr_factor
-
-
-def default_cache_dir(manifest: str | Path, run_cfg: RunConfig) -> Path:
-    digest = hashlib.sha1(json.dumps(media_settings(run_cfg.model), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(manifest).resolve().parent / ".mirasol_cache" / digest
-
-
-def family(sample) -> str:
-    return sample.type or sample.task
-
-
-def train_stats(samples) -> dict:
-    """What evaluation needs from the training set: the closed label set and answer priors."""
-    by_family: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for s in samples:
-        by_family[family(s)][normalize_answer(s.answer)] += 1
-    return {
-        "labels": sorted({s.answer for s in samples if s.task == "classify"}),
-        "answer_prior": {f: c.most_common(1)[0][0] for f, c in by_family.items()},
-        "num_samples": len(samples),
-    }
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -132,7 +110,7 @@ def validate(model, dataset, tokenizer, stats, run_cfg, device, max_samples: int
 
 
 def _check_run_dir(out: Path, resume: bool) -> None:
-    has_checkpoint = ckpt.latest_checkpoint(out) is not None
+    has_checkpoint = run_dir.latest_checkpoint(out) is not None
     if resume and not has_checkpoint:
         raise ConfigError(f"--resume: {out} has no checkpoint to resume from")
     if not resume and out.exists() and any(out.iterdir()):
@@ -154,7 +132,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
     max_len = run_cfg.data.max_text_len or run_cfg.model.max_text_len
-    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg)
+    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg.model)
 
     # --- run directory, tokenizer, cache (rank 0 prepares, the others wait) ---------------
     if main:
@@ -168,17 +146,14 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
             if tokenizer.vocab_size > run_cfg.model.vocab_size:
                 raise ConfigError(f"config key 'model.vocab_size': the tokenizer has {tokenizer.vocab_size} tokens, "
                                   f"more than model.vocab_size={run_cfg.model.vocab_size}")
-            tokenizer.save(out / "tokenizer.json")
-            (out / "config.json").write_text(json.dumps(run_cfg.to_dict(), indent=2, sort_keys=True))
-            (out / "train_stats.json").write_text(json.dumps(train_stats(train_samples), indent=2, ensure_ascii=False))
+            run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples))
         manifests = [train_manifest] + ([val_manifest] if val_manifest else [])
         report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress)
         print_report(report, cache_dir)
         if report["ok"] == 0:
             raise RuntimeError(f"no clip of {train_manifest} could be decoded; see {cache_dir / 'report.json'}")
     _barrier()
-    tokenizer = MirasolTokenizer.load(out / "tokenizer.json")
-    stats = json.loads((out / "train_stats.json").read_text())
+    tokenizer, stats = run_dir.load_tokenizer(out), run_dir.load_train_stats(out)
     cache = ClipCache(cache_dir, run_cfg.model)
     train_set = ClipDataset(train_samples, cache, tokenizer, max_len)
     val_set = ClipDataset(val_samples, cache, tokenizer, max_len) if val_samples else None
@@ -191,11 +166,11 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
     step = 0
     if resume:
-        last = ckpt.latest_checkpoint(out)
+        last = run_dir.latest_checkpoint(out)
         from safetensors.torch import load_model
 
         load_model(model, str(last / "model.safetensors"), device=str(device))
-        state = ckpt.load_train_state(last)
+        state = run_dir.load_train_state(last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -271,7 +246,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
                 if main:
                     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "rng": torch.get_rng_state()}
-                    ckpt.save_checkpoint(out, model, run_cfg.to_dict(), state, step, tc.keep_checkpoints)
+                    run_dir.save_checkpoint(out, model, run_cfg.to_dict(), state, step, tc.keep_checkpoints)
                 _barrier()
     finally:
         bar.close()

@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from mirasol.data.media_writer import write_video
+from mirasol.media.writer import write_video
 
 # ------------------------------------------------------------------------------------------------
 # the world's constants
@@ -432,7 +432,7 @@ def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0
         by_type[split] = counts
     seconds = time.perf_counter() - started
     world = {
-        "generator": "mirasol.data.synth",
+        "generator": "mirasol.datasets.synth",
         "version": 1,
         "num": num,
         "seed": seed,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mirasol.config import MirasolConfig
-from mirasol.data.decode import MediaError, NoAudioError, decode_media  # noqa: F401  (re-exported)
+from mirasol.media.decode import MediaError, NoAudioError, decode_media  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +54,10 @@ def load_clip(path: str | os.PathLike, cfg: MirasolConfig, start: float | None =
     """Decode the clip of `path` in [start, end] (seconds, optional) as cfg says.
 
     Raises MediaError (NoAudioError when the file has no audio and cfg.missing_audio is 'skip' or
-    'error'). Window choice, padding and timing conventions: see mirasol.data.decode."""
-    import torch  # here, so that `import mirasol.data` stays fast
+    'error'). Window choice, padding and timing conventions: see mirasol.media.decode."""
+    import torch  # here, so that `import mirasol.media` stays fast
 
-    from mirasol.data.features import log_mel
+    from mirasol.media.features import log_mel
 
     media = decode_media(path, cfg, start, end)
     video = torch.from_numpy(media.frames).permute(0, 3, 1, 2).contiguous().float().div_(255.0)

@@ -155,6 +155,11 @@ def normalize_answer(text: str) -> str:
     return " ".join(word for word in text.split() if word not in _ARTICLES)
 
 
+def family(sample) -> str:
+    """The family a row is reported under: its `type`, or its task when it has none."""
+    return sample.type or sample.task
+
+
 def exact_match(prediction: str, reference: str) -> bool:
     """True when the two answers are equal after :func:`normalize_answer`."""
     return normalize_answer(prediction) == normalize_answer(reference)

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
-from mirasol.data.manifest import ManifestError, clean_text, parse_row, video_path_for_manifest, write_manifest
+from mirasol.datasets.manifest import ManifestError, clean_text, parse_row, video_path_for_manifest, write_manifest
 
 FORMATS = ("msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov")

@@ -51,3 +51,18 @@ def test_attention_elements_grow_quadratically_only_for_the_baseline():
 def test_unknown_benchmark_is_rejected():
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.run("nope")
+
+
+def test_long_smoke():
+    """`bench long` at toy sizes: every case runs in its own process and reports time and peak RSS;
+    the windowed stream's cache stops growing at (window - 1) chunks."""
+    r = bench.bench_long(frames=(6,), preset="tiny", window=2, repeats=1, quiet=True)
+    assert set(r["results"]) == {f"{v}/6" for v in bench.LONG_VARIANTS}
+    for v in r["results"].values():
+        assert v["median_s"] > 0 and v["ms_per_frame"] > 0, v
+        assert v["peak_rss_mb"] > 0 and v["peak_above_start_mb"] is not None
+    m = MirasolConfig.preset("tiny").combiner_tokens
+    assert r["results"]["stream/6"]["cache_tokens_per_layer"] == 3 * m  # 6 frames = 3 chunks, all cached
+    assert r["results"]["stream_window/6"]["cache_tokens_per_layer"] == m  # the last W - 1 = 1 chunk
+    assert "unchunked_over_batch_6" in r["summary"]
+    json.dumps(r)

@@ -618,19 +618,23 @@ def long_case(variant: str, frames: int, preset: str = "small", window: int = 16
                 session.push(video_chunk, audio_chunk)
             return session.cache_tokens()
 
-    began = time.perf_counter()
+    # Wall time and this process's CPU time: with one thread and other work on the machine, CPU
+    # time is the steadier measure of the work done.
+    began, cpu_began = time.perf_counter(), time.process_time()
     out = once()
-    warmup_s = time.perf_counter() - began
+    warmup_s, warmup_cpu_s = time.perf_counter() - began, time.process_time() - cpu_began
     # A call over slow_s is timed once, by this first call: one-time costs are negligible beside it.
-    times = [] if warmup_s <= slow_s else [warmup_s]
+    times, cpu_times = ([], []) if warmup_s <= slow_s else ([warmup_s], [warmup_cpu_s])
     for _ in range(repeats if warmup_s <= slow_s else 0):
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         once()
         times.append(time.perf_counter() - began)
+        cpu_times.append(time.process_time() - cpu_began)
     peak = _proc_status_kb("VmHWM")
-    median = statistics.median(times)
+    median, cpu = statistics.median(times), statistics.median(cpu_times)
     r = {"variant": variant, "frames": frames, "chunks": t, "times_s": times, "warmup_s": warmup_s,
-         "median_s": median, "ms_per_frame": 1000 * median / frames,
+         "median_s": median, "ms_per_frame": 1000 * median / frames, "cpu_times_s": cpu_times,
+         "cpu_median_s": cpu, "cpu_ms_per_frame": 1000 * cpu / frames,
          "peak_rss_mb": None if peak is None else peak / 1024,
          "peak_above_start_mb": None if peak is None or rss_before is None else (peak - rss_before) / 1024,
          "peak_reset": peak_reset, "threads": torch.get_num_threads()}
@@ -678,19 +682,22 @@ def bench_long(frames=(64, 128, 256, 512, 1024), preset: str = "small", window: 
         row = [n]
         for variant in variants:
             r = results[f"{variant}/{n}"]
-            row += [r["ms_per_frame"], r["peak_above_start_mb"]] if "median_s" in r else ["-", "-"]
+            row += [r["cpu_ms_per_frame"], r["ms_per_frame"], r["peak_above_start_mb"]] if "median_s" in r \
+                else ["-", "-", "-"]
         rows.append(row)
     summary = {}
     lo, hi = frames[0], frames[-1]
     for variant in variants:
         a, b = results.get(f"{variant}/{lo}", {}), results.get(f"{variant}/{hi}", {})
         if "ms_per_frame" in a and "ms_per_frame" in b:
+            summary[f"{variant}_cpu_ms_per_frame_growth"] = b["cpu_ms_per_frame"] / a["cpu_ms_per_frame"]
             summary[f"{variant}_ms_per_frame_growth"] = b["ms_per_frame"] / a["ms_per_frame"]
             if a.get("peak_above_start_mb") and b.get("peak_above_start_mb") is not None:
                 summary[f"{variant}_peak_mb_growth"] = b["peak_above_start_mb"] / a["peak_above_start_mb"]
     for n in frames:
         u, b = results.get(f"unchunked/{n}", {}), results.get(f"batch/{n}", {})
         if "median_s" in u and "median_s" in b:
+            summary[f"unchunked_over_batch_cpu_{n}"] = u["cpu_median_s"] / b["cpu_median_s"]
             summary[f"unchunked_over_batch_{n}"] = u["median_s"] / b["median_s"]
     cfg = MirasolConfig.preset(preset, **(overrides or {}))
     result = {"preset": preset, "overrides": overrides, "window_chunks": window, "repeats": repeats, "threads": threads,
@@ -704,7 +711,7 @@ def bench_long(frames=(64, 128, 256, 512, 1024), preset: str = "small", window: 
     if not quiet:
         headers = ["frames"]
         for variant in variants:
-            headers += [f"{variant} ms/frame", "peak MB"]
+            headers += [f"{variant} cpu ms/frame", "wall", "peak MB"]
         print_table(f"long: {preset} preset media, batch 1, inference, {threads or 'default'} thread(s); "
                     f"stream_window = last {window} chunks; "
                     f"median of {repeats} (one call when it takes > 5 s); peak RSS above start, fresh process per case",

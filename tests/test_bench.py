@@ -53,6 +53,17 @@ def test_unknown_benchmark_is_rejected():
         bench.run("nope")
 
 
+def test_uniform_smoke(tmp_path):
+    r = bench.bench_uniform(seconds=24, size=(128, 96), fps=10, gop_s=1.0, presets=("tiny",), root=tmp_path,
+                            quiet=True)
+    whole, tiny = r["runs"]["whole"], r["runs"]["tiny"]
+    assert r["frames_in_file"] == 240 and whole["frames_decoded"] >= 239  # every frame
+    # 8 samples over 24 s (3 s apart, keyframes every second): the decoder skips most frames
+    assert tiny["frames"] == 8 and tiny["covers_s"] == pytest.approx(24, abs=0.1)
+    assert tiny["frames_decoded"] < 0.6 * whole["frames_decoded"]
+    json.dumps(r)
+
+
 def test_long_smoke():
     """`bench long` at toy sizes: every case runs in its own process and reports time and peak RSS;
     the windowed stream's cache stops growing at (window - 1) chunks."""

@@ -80,3 +80,39 @@ def test_quickstart_runs_the_whole_journey_small(tmp_path, capsys):
     assert saved["n"] == report["n"] > 0 and "by_type" in saved and "answer_prior" in saved["baselines"]
     out = capsys.readouterr().out
     assert "all" in out and "mirasol ask --run" in out
+
+
+def test_a_run_trained_with_uniform_windows_is_evaluated_and_asked_with_them(tmp_path, capsys):
+    """clip_window is a media setting of the run: evaluate and ask decode long videos the same way."""
+    import numpy as np
+
+    from mirasol.data.cache import ClipCache, clip_key, default_cache_dir
+    from mirasol.media import load_clip
+    from mirasol.media.writer import write_video
+    from mirasol.run_dir import load_run
+
+    rows = []
+    for i, color in enumerate(["red", "green", "red", "green"]):
+        frames = np.zeros((120, 48, 64, 3), np.uint8)  # 12 s at 10 fps, three times the tiny clip
+        frames[60:, :, :, 0 if color == "red" else 1] = 200  # the colour shows in the second half only
+        write_video(tmp_path / f"v{i}.mp4", frames, 10, 0.1 * np.ones(12 * 16000, np.float32), 16000)
+        rows.append({"id": f"r{i}", "video": f"v{i}.mp4", "task": "qa", "question": "what color appears?",
+                     "answer": color})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert cli(["train", "--config", "tiny", "--train", str(manifest), "--out", str(run), "model.clip_window=uniform",
+                "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.eval_every=0",
+                "train.plots=false"]) == 0
+    report = tmp_path / "eval" / "report.json"
+    assert cli(["evaluate", "--run", str(run), "--manifest", str(manifest), "--out", str(report)]) == 0
+    model = load_run(run)[0]
+    assert model.cfg.clip_window == "uniform"
+    cache = ClipCache(default_cache_dir(manifest, model.cfg), model.cfg)
+    video, _, _ = cache.get(clip_key(str(tmp_path / "v0.mp4"), None, None))
+    clip = load_clip(tmp_path / "v0.mp4", model.cfg)
+    assert np.array_equal(video, (clip.video * 255).round().byte().numpy())
+    assert video[-1, 0].mean() > 150 and video[0, 0].mean() < 10  # the last chunk sees the colour, the first not
+    capsys.readouterr()
+    assert cli(["ask", "--run", str(run), str(tmp_path / "v0.mp4"), "what color appears?"]) == 0
+    assert "spread over 0.0-12.0 s" in capsys.readouterr().err

@@ -33,7 +33,8 @@ def tiny(**overrides) -> MirasolConfig:
     return MirasolConfig.preset("tiny", **overrides)
 
 
-def flash_and_beep(path, src_fps, sample_rate, seconds, flash, size=(48, 64), with_audio=True, codec=None):
+def flash_and_beep(path, src_fps, sample_rate, seconds, flash, size=(48, 64), with_audio=True, codec=None,
+                  gop=None):
     """Dark screen and silence, except a bright screen and a 1 kHz beep during [flash[0], flash[1])."""
     t0, t1 = flash
     n = round(seconds * src_fps)
@@ -44,7 +45,7 @@ def flash_and_beep(path, src_fps, sample_rate, seconds, flash, size=(48, 64), wi
     if with_audio:
         t = np.arange(round(seconds * sample_rate)) / sample_rate
         audio = np.where((t >= t0) & (t < t1), 0.5 * np.sin(2 * np.pi * 1000 * t), 0).astype(np.float32)
-    write_video(path, frames, src_fps, audio, sample_rate, codec=codec)
+    write_video(path, frames, src_fps, audio, sample_rate, codec=codec, gop=gop)
     return path
 
 
@@ -117,6 +118,68 @@ def test_clip_window_center_takes_the_middle(tmp_path):
     check_alignment(clip, cfg, (5.0, 6.0), chunk=2)
     inner = load_clip(path, cfg, start=2.0, end=9.0)  # the middle 4 s of [2, 9): [3.5, 7.5)
     assert inner.start == pytest.approx(3.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# clip_window='uniform': T chunks spread over a long file, each chunk's video and audio from one span.
+
+def check_uniform_alignment(clip: Clip, cfg: MirasolConfig, chunk: int) -> None:
+    """Only chunk `chunk` shows the flash (all its frames) and holds the beep (all its audio)."""
+    f, a = cfg.frames_per_chunk, cfg.audio_frames_per_chunk
+    assert bright_frames(clip) == set(range(chunk * f, (chunk + 1) * f))
+    loud = clip.audio.max(dim=0).values.reshape(cfg.num_chunks, a)  # [T, a]
+    edge = round(cfg.audio_win_ms / cfg.audio_hop_ms)  # frames whose window may reach past the chunk
+    for t in range(cfg.num_chunks):
+        if t == chunk:
+            assert bool((loud[t, edge:-edge] > 2.5).all()), loud[t]
+        else:
+            assert bool((loud[t] < SILENCE + 0.1).all()), (t, loud[t])
+
+
+@pytest.fixture(scope="module")
+def three_minutes(tmp_path_factory):
+    """A 3-minute file (10 fps, a keyframe every 2 s) with a flash + beep during [100, 125) s."""
+    path = tmp_path_factory.mktemp("long") / "three_minutes.mp4"
+    return flash_and_beep(path, 10, 16000, 180.0, (100.0, 125.0), gop=20)
+
+
+def test_uniform_spreads_chunks_over_a_long_file(three_minutes):
+    cfg = tiny(clip_window="uniform")  # 4 chunks x 2 frames, 1 s of audio per chunk
+    clip = load_clip(three_minutes, cfg)
+    # 4 spans of 45 s: chunk 2 is [90, 135); its frames at 101.25 and 123.75 s, its audio [112, 113) s.
+    assert clip.start == 0.0 and clip.end == pytest.approx(180.0, abs=0.1)
+    assert clip.valid_chunks == cfg.num_chunks and clip.has_audio
+    assert clip.video.shape == (cfg.num_frames, 3, cfg.image_size, cfg.image_size)
+    assert clip.audio.shape == (cfg.n_mels, cfg.audio_frames)
+    check_uniform_alignment(clip, cfg, chunk=2)
+
+
+def test_uniform_spans_the_rows_start_and_end(three_minutes):
+    cfg = tiny(clip_window="uniform", num_chunks=5, frames_per_chunk=4, fps=4.0)
+    clip = load_clip(three_minutes, cfg, start=50.0, end=150.0)  # 5 spans of 20 s; chunk 2 is [90, 110)
+    assert clip.start == 50.0 and clip.end == pytest.approx(150.0)
+    # frames of chunk 2 at 92.5, 97.5, 102.5, 107.5 s and of chunk 3 at 112.5 ... 127.5 s
+    assert bright_frames(clip) == {10, 11, 12, 13, 14}
+    clip = load_clip(three_minutes, cfg, start=52.0, end=172.0)  # spans of 24 s: chunk 2 is [100, 124)
+    check_uniform_alignment(clip, cfg, chunk=2)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 4.0])
+def test_uniform_is_start_when_the_file_fits_one_clip(tmp_path, seconds):
+    path = flash_and_beep(tmp_path / "fb.mp4", 25, 44100, seconds, (2.0, 3.0))
+    uniform, start = load_clip(path, tiny(clip_window="uniform")), load_clip(path, tiny())
+    assert torch.equal(uniform.video, start.video) and torch.equal(uniform.audio, start.audio)
+    assert uniform.valid_chunks == start.valid_chunks == seconds
+
+
+def test_uniform_seeks_instead_of_decoding_the_whole_file(three_minutes, monkeypatch):
+    decoded = []
+    push = decode_module._FrameSampler.push
+    monkeypatch.setattr(decode_module._FrameSampler, "push",
+                        lambda self, frame, time, duration: (decoded.append(time), push(self, frame, time, duration)))
+    load_clip(three_minutes, tiny(clip_window="uniform"))
+    assert len(decoded) < 0.15 * 1800, len(decoded)  # 8 samples, each at most a keyframe interval away
+    assert max(decoded) > 150  # ... spread over the whole file
 
 
 def test_short_window_is_padded_and_recorded(tmp_path):
@@ -207,8 +270,9 @@ SAMPLE_FACTS = {
 
 
 @pytest.mark.parametrize("path", sample_files(), ids=lambda p: getattr(p, "name", "none"))
-@pytest.mark.parametrize("cfg", [tiny(), MirasolConfig.preset("small", resize="letterbox", clip_window="center")],
-                         ids=["tiny-crop-start", "small-letterbox-center"])
+@pytest.mark.parametrize("cfg", [tiny(), MirasolConfig.preset("small", resize="letterbox", clip_window="center"),
+                                 tiny(clip_window="uniform")],
+                         ids=["tiny-crop-start", "small-letterbox-center", "tiny-crop-uniform"])
 def test_sample_media_decode(path, cfg):
     began = time.monotonic()
     try:

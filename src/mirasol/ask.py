@@ -33,7 +33,11 @@ def ask(run: str, video: str, question: str | None = None, start: float | None =
 
     model, tokenizer, stats, _ = load_run(run)
     clip = load_clip(video, model.cfg, start=start, end=end)
-    if log is not None and clip.duration is not None and clip.duration > model.cfg.clip_seconds + 0.5:
+    cfg = model.cfg
+    if log is not None and clip.end - clip.start > cfg.clip_seconds + 0.5 / cfg.fps:  # clip_window: uniform
+        print(f"note: the model's {cfg.num_chunks} chunks are spread over {clip.start:.1f}-{clip.end:.1f} s of "
+              f"{video} (one per {(clip.end - clip.start) / cfg.num_chunks:.1f} s).", file=log)
+    elif log is not None and clip.duration is not None and clip.duration > cfg.clip_seconds + 0.5:
         seen = f"{clip.start:.1f}-{clip.start + clip.valid_seconds:.1f} s"
         print(f"note: the model sees {model.cfg.clip_seconds:g} s of a video; answering about {seen} of "
               f"{video} ({clip.duration:.1f} s long). Choose another part with --start/--end, or "

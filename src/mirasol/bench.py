@@ -438,16 +438,23 @@ import json, resource, sys, time
 import torch
 from mirasol import MirasolConfig
 from mirasol.media import load_clip
+from mirasol.media import decode
 path, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+decoded = [0]  # frames the decoder produced (each passes through the sampler)
+push = decode._FrameSampler.push
+decode._FrameSampler.push = lambda self, *a: (decoded.__setitem__(0, decoded[0] + 1), push(self, *a))[1]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if mode == "whole":  # tiny media settings with 1 s chunks, as many as the file lasts: every frame is decoded
     cfg = MirasolConfig.preset("tiny", num_chunks=max(1, int(seconds // 1)))
+elif mode.startswith("uniform:"):  # a preset's chunks spread over the whole file (seeks between samples)
+    cfg = MirasolConfig.preset(mode.split(":")[1], clip_window="uniform")
 else:  # the tiny preset's 4 s clip, taken from the middle of the file (seeks)
     cfg = MirasolConfig.preset("tiny", clip_window="center")
 began = time.perf_counter()
 clip = load_clip(path, cfg)
 print(json.dumps({"rss_before_kb": before, "seconds_decoded": clip.valid_seconds,
                   "decode_s": time.perf_counter() - began, "frames": int(clip.video.shape[0]),
+                  "frames_decoded": decoded[0], "covers_s": clip.end - clip.start,
                   "output_mb": (clip.video.numel() + clip.audio.numel()) * 4 / 2**20}))
 """
 
@@ -557,7 +564,47 @@ def bench_prepare(num_clips: int = 8, clip_seconds: float = 10.0, workers=(1, 2)
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. long
+# 6. uniform: the chunks of a long file sampled whole
+
+
+def bench_uniform(seconds: float = 180.0, size: tuple[int, int] = (1920, 1080), fps: int = 24, gop_s: float = 2.0,
+                  presets=("tiny", "base", "mirasol3b"), root: Path | None = None, quiet: bool = False) -> dict:
+    """clip_window=uniform on a long 1080p file: time, frames decoded and peak RSS of sampling each
+    preset's chunks over the whole file, against decoding every frame, each in a fresh child process."""
+    from mirasol.media.writer import write_video
+
+    root = root or work_dir()
+    path = root / "media" / f"{size[1]}p_{seconds:g}s_{fps}fps_gop{gop_s:g}s.mp4"
+    began = time.perf_counter()
+    if not path.exists():  # a keyframe every gop_s seconds, as streaming encoders make them
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(int(seconds * 44100)) / 44100
+        tmp = path.with_name(path.stem + ".part.mp4")
+        write_video(tmp, _moving_frames(seconds, fps, size[1], size[0]), fps,
+                    (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100, crf=35, gop=round(gop_s * fps))
+        tmp.replace(path)
+    setup_s = time.perf_counter() - began
+    total = round(seconds * fps)
+    runs = {"whole": decode_peak_rss(path, seconds, "whole")}
+    runs.update({p: decode_peak_rss(path, seconds, f"uniform:{p}") for p in presets})
+    for r in runs.values():
+        r["decoded_share"] = r["frames_decoded"] / total
+    result = {"file": f"{seconds:g} s {size[0]}x{size[1]} {fps} fps H.264 (keyframe every {gop_s:g} s) + AAC",
+              "frames_in_file": total, "setup_s": setup_s, "runs": runs}
+    if not quiet:
+        rows = []
+        for name, r in runs.items():
+            what = "every frame (1 s chunks over the file)" if name == "whole" else \
+                f"{name}: {r['frames']} samples over {r['covers_s']:.0f} s"
+            rows.append([what, r["frames_decoded"], f"{100 * r['decoded_share']:.1f}%", r["decode_s"],
+                         r["peak_rss_mb"], r["decode_increment_mb"]])
+        print_table(f"clip_window=uniform on {result['file']}, each in a fresh process",
+                    ["decoded", "frames decoded", "of file", "decode s", "peak RSS MB", "decode adds MB"], rows)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. long
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -729,6 +776,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "generate": bench_generate,
     "data": bench_data,
     "prepare": bench_prepare,
+    "uniform": bench_uniform,
     "long": bench_long,
 }
 ALL = ("step", "chunks", "generate", "data")

@@ -17,7 +17,7 @@ from typing import Any
 COMBINERS = ("transformer", "ttm")
 LATENT_LOSSES = ("mse", "cosine")
 RESIZE_MODES = ("crop", "letterbox")
-CLIP_WINDOWS = ("start", "center")
+CLIP_WINDOWS = ("start", "center", "uniform")
 MISSING_AUDIO = ("zeros", "skip", "error")
 
 
@@ -37,7 +37,9 @@ class MirasolConfig:
     audio_win_ms: float = 25.0
     audio_hop_ms: float = 10.0  # one audio frame per hop
     resize: str = "crop"  # crop | letterbox
-    clip_window: str = "start"  # which part of a longer clip to keep: start | center
+    # Which part of a longer video to keep: start | center (one clip_seconds window), or uniform
+    # (chunk t covers span t of T equal spans of the whole video or the row's [start, end]).
+    clip_window: str = "start"
     missing_audio: str = "zeros"  # file without an audio stream: zeros | skip | error
 
     # --- video encoder: tubelets of tubelet_size frames x patch_size^2 pixels ----------------

@@ -33,6 +33,7 @@ class Clip:
     valid_chunks: int  # chunks with real content (see count_valid_chunks); the rest are padding
     path: str
     start: float  # window start in the file, seconds
+    end: float  # end of the part of the file the chunks cover (start + clip_seconds unless 'uniform')
     duration: float | None  # of the file, None when the container does not record it
     source_fps: float | None  # the file's average frame rate
     video_seconds: float  # real video from the window start
@@ -61,9 +62,13 @@ def load_clip(path: str | os.PathLike, cfg: MirasolConfig, start: float | None =
 
     media = decode_media(path, cfg, start, end)
     video = torch.from_numpy(media.frames).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
-    audio = log_mel(media.waveform, cfg, num_frames=cfg.audio_frames)
+    if media.spans is None:
+        audio = log_mel(media.waveform, cfg, num_frames=cfg.audio_frames)
+    else:  # 'uniform': each chunk's audio is a separate piece; no STFT window may straddle two of them
+        pieces = log_mel(media.waveform.reshape(cfg.num_chunks, -1), cfg, num_frames=cfg.audio_frames_per_chunk)
+        audio = pieces.permute(1, 0, 2).reshape(cfg.n_mels, cfg.audio_frames)
     valid_seconds = min(cfg.clip_seconds, max(media.video_seconds, media.audio_seconds))
     return Clip(video=video, audio=audio, has_audio=media.has_audio, valid_seconds=valid_seconds,
                 valid_chunks=count_valid_chunks(valid_seconds, cfg), path=os.fspath(path),
-                start=media.window_start, duration=media.duration, source_fps=media.source_fps,
+                start=media.window_start, end=media.window_end, duration=media.duration, source_fps=media.source_fps,
                 video_seconds=media.video_seconds, audio_seconds=media.audio_seconds)

@@ -13,7 +13,12 @@ Conventions (the model's chunking relies on them):
 - Shorter than the clip (end of file, or a user `end`): video repeats the last real frame,
   audio is zeros. `video_seconds` / `audio_seconds` say how much of the window is real.
 - Longer than the clip: cfg.clip_window picks the first clip_seconds ('start') or the middle
-  ('center'). 'center' needs the duration; a container without one falls back to 'start'.
+  ('center'), or spreads the chunks over all of it ('uniform'): the part of the file to use
+  ([start, end], or the whole file) is cut into T equal spans of L seconds; chunk t's f frames are
+  sampled evenly inside span t (frame j at s_t + (j + 0.5) * L / f) and its audio is the
+  chunk_seconds in the middle of span t, so video and audio of chunk t come from the same
+  seconds. When L <= chunk_seconds (the part is not longer than one clip) 'uniform' is 'start'.
+  'center' and 'uniform' need the duration; a container without one falls back to 'start'.
 
 Errors: every failure raises MediaError("<path>: <reason>"): missing, empty, unreadable or
 non-media file, no video stream, corrupt data, a window outside the file, or a truncated file
@@ -28,6 +33,8 @@ Cost and memory: the decoder seeks to the keyframe before the window (never deco
 its start for a late window), frames are streamed and only the sampled ones are converted (by
 FFmpeg, straight to the target size) and kept, and audio outside the window is dropped as it is
 decoded; memory does not grow with the file's length or resolution beyond one decoded frame.
+'uniform' seeks again whenever the next sample time lies more than a keyframe interval ahead
+(learned from the keyframes it decodes), so a long file is mostly skipped, not decoded.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ READ_AHEAD_S = 5.0
 _AUDIO_JITTER_S = 0.002
 # Video that stops this much before the end its stream header declares is a truncated file.
 TRUNCATION_S = 0.5
+# 'uniform': seek to the next sample time only when it lies further ahead than this and than the
+# longest keyframe interval seen so far (a shorter jump would land on a keyframe already passed).
+MIN_SEEK_GAP_S = 1.0
 
 
 class MediaError(Exception):
@@ -79,12 +89,16 @@ class DecodedMedia:
     waveform: np.ndarray  # [round(clip_seconds * sample_rate)] float32 mono in about [-1, 1]
     has_audio: bool  # the file has an audio stream
     window_start: float  # ws, seconds from the start of the file
+    window_end: float  # end of the part of the file the clip covers (ws + clip_seconds unless 'uniform')
     video_seconds: float  # real video in the window, from ws (the rest repeats the last frame)
     audio_seconds: float  # real audio in the window, from ws (the rest is zeros)
     duration: float | None  # of the file, None when the container does not say
     source_fps: float | None  # the video stream's average frame rate, when known
     width: int  # decoded frame size, before resizing
     height: int
+    # 'uniform' over a long part: the T spans [s_t, e_t) the chunks come from; the waveform is then
+    # T separate chunk_seconds pieces (one from the middle of each span), not one stretch of sound.
+    spans: list[tuple[float, float]] | None = None
 
 
 def plan_window(cfg: MirasolConfig, duration: float | None, start: float | None = None,
@@ -106,6 +120,29 @@ def plan_window(cfg: MirasolConfig, duration: float | None, start: float | None 
         ws = start + (span_end - start - clip) / 2
     content_end = ws + clip if end is None else min(ws + clip, float(end))
     return ws, content_end
+
+
+def uniform_spans(cfg: MirasolConfig, duration: float | None, start: float | None = None,
+                  end: float | None = None) -> list[tuple[float, float]] | None:
+    """'uniform': the T equal spans [s_t, e_t) of [start, end] (or of the whole file), or None when
+    that part is not longer than one clip or its length is unknown (then the clip is 'start')."""
+    lo = 0.0 if start is None else float(start)
+    hi = float(end) if end is not None else duration
+    if hi is not None and duration is not None:
+        hi = min(hi, duration)
+    if hi is None or hi - lo <= cfg.clip_seconds + 0.5 / cfg.fps:  # (codec padding: not worth spreading)
+        return None
+    length = (hi - lo) / cfg.num_chunks
+    return [(lo + t * length, lo + (t + 1) * length) for t in range(cfg.num_chunks)]
+
+
+def uniform_times(cfg: MirasolConfig, spans: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """(frame sample times, audio window starts) of the chunks over `spans`: f frames evenly inside
+    each span, and the chunk_seconds of audio in its middle."""
+    f, cs = cfg.frames_per_chunk, cfg.chunk_seconds
+    frames = [s + (j + 0.5) * (e - s) / f for s, e in spans for j in range(f)]
+    audio = [(s + e) / 2 - cs / 2 for s, e in spans]
+    return frames, audio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +326,9 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
         ws, content_end = plan_window(cfg, duration, start, end)
     except ValueError as error:
         raise MediaError(path, str(error)) from None
+    spans = uniform_spans(cfg, duration, start, end) if cfg.clip_window == "uniform" else None
+    if spans is not None:
+        return _decode_uniform(container, path, cfg, video, audio, origin, duration, spans)
 
     # Sample times of the real frames; the rest of the clip repeats the last one.
     n_real_frames = min(cfg.num_frames, max(1, math.ceil((content_end - ws) * cfg.fps - 0.5)))
@@ -355,9 +395,94 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
 
     frames = np.stack(sampler.images + [sampler.images[-1]] * (cfg.num_frames - len(sampler.images)))
     return DecodedMedia(frames=frames, waveform=sound.samples, has_audio=audio is not None, window_start=ws,
-                        video_seconds=video_seconds, audio_seconds=audio_seconds, duration=duration,
+                        window_end=ws + cfg.clip_seconds, video_seconds=video_seconds, audio_seconds=audio_seconds, duration=duration,
                         source_fps=float(video.average_rate) if video.average_rate else None,
                         width=video.codec_context.width, height=video.codec_context.height)
+
+
+def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, origin: float,
+                    duration: float | None, spans: list[tuple[float, float]]) -> DecodedMedia:
+    """'uniform' (see module doc): a video pass that seeks from sample to sample where that skips
+    frames, then one short audio read per chunk."""
+    targets, audio_starts = uniform_times(cfg, spans)
+    pixel_aspect = float(video.codec_context.sample_aspect_ratio or 1) or 1.0
+    sampler = _FrameSampler(targets, lambda f: _square_image(f, cfg.image_size, cfg.resize, pixel_aspect))
+    nominal_step = 1 / float(video.average_rate) if video.average_rate else 1 / 25
+    video.thread_type = "AUTO"
+
+    pos = None  # time of the last decoded frame
+    gop, last_key = MIN_SEEK_GAP_S, None  # longest keyframe interval seen, last keyframe time
+    while not sampler.done:
+        target = targets[len(sampler.images)]
+        if pos is None or target - pos > gop:
+            last_key = None  # keyframe intervals are measured within one stretch of decoding
+            try:
+                container.seek(round((origin + max(0.0, target - SEEK_MARGIN_S)) / video.time_base),
+                               stream=video, backward=True)
+            except av.FFmpegError:
+                if pos is not None:
+                    gop = float("inf")  # not seekable: read on from here
+        ended, filled = True, len(sampler.images)
+        for packet in container.demux(video):
+            for frame in packet.decode():
+                time = _seconds(frame.pts, frame.time_base)
+                time = (pos or 0.0) + nominal_step if time is None else time - origin
+                if frame.key_frame:
+                    if last_key is not None and time > last_key:
+                        gop = max(gop, time - last_key)
+                    last_key = time
+                shown_for = _seconds(getattr(frame, "duration", None), frame.time_base) or nominal_step
+                sampler.push(frame, time, shown_for)
+                pos = time
+            if sampler.done or (len(sampler.images) > filled and targets[len(sampler.images)] - pos > gop):
+                ended = False
+                break  # done, or (having filled a sample) the next one is far enough ahead to seek to
+        if ended:
+            break  # end of the stream: the last frame stays on screen
+    sampler.finish()
+    if not sampler.images:
+        raise MediaError(path, "no decodable video frames")
+
+    per_chunk = round(cfg.chunk_seconds * cfg.sample_rate)
+    waveform = np.zeros(per_chunk * len(spans), np.float32)
+    real = 0
+    if audio is not None:
+        for t, a0 in enumerate(audio_starts):
+            sound = _read_audio(container, audio, origin, a0, per_chunk, cfg.sample_rate)
+            waveform[t * per_chunk:(t + 1) * per_chunk] = sound.samples
+            real += sound.real_end
+    frames = np.stack(sampler.images)
+    return DecodedMedia(frames=frames, waveform=waveform, has_audio=audio is not None, window_start=spans[0][0],
+                        window_end=spans[-1][1], video_seconds=cfg.clip_seconds,
+                        audio_seconds=real / cfg.sample_rate, duration=duration,
+                        source_fps=float(video.average_rate) if video.average_rate else None,
+                        width=video.codec_context.width, height=video.codec_context.height, spans=spans)
+
+
+def _read_audio(container, audio, origin: float, start: float, n_samples: int, rate: int) -> "_AudioWindow":
+    """Mono audio for [start, start + n_samples / rate), read by seeking the audio stream alone."""
+    sound = _AudioWindow(start, n_samples, n_samples, rate)
+    resampler = _MonoResampler(rate)
+
+    def feed(frames) -> None:
+        for out in frames:
+            out_time = _seconds(out.pts, out.time_base)
+            sound.push(out.to_ndarray()[0], None if out_time is None else out_time - origin)
+
+    try:
+        container.seek(round((origin + max(0.0, start - SEEK_MARGIN_S)) / audio.time_base), stream=audio,
+                       backward=True)
+    except av.FFmpegError:
+        pass  # not seekable: read on from where the container is
+    end = start + n_samples / rate
+    for packet in container.demux(audio):
+        for frame in packet.decode():
+            feed(resampler.resample(frame))
+        packet_time = _seconds(packet.pts, packet.time_base)
+        if sound.done or (packet_time is not None and packet_time - origin > end + READ_AHEAD_S):
+            break
+    feed(resampler.resample(None))
+    return sound
 
 
 def _stream_start(stream, origin: float) -> float:

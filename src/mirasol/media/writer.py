@@ -52,24 +52,26 @@ def _as_rate(fps: float | Fraction) -> Fraction:
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float | Fraction,
                 audio: np.ndarray | None = None, sample_rate: int = 16000, *,
-                frame_times: Sequence[float] | None = None, crf: int = 18, codec: str | None = None) -> None:
+                frame_times: Sequence[float] | None = None, crf: int = 18, codec: str | None = None,
+                gop: int | None = None) -> None:
     """Write `frames` (and `audio`, if given) to an mp4 file at `path`. See the module docstring.
 
     `crf`: libx264 quality (lower is better, 0 lossless). `codec`: 'libx264' or 'mpeg4' (default:
-    video_codec())."""
+    video_codec()). `gop`: at most this many frames between keyframes (default: the codec's)."""
     rate = _as_rate(fps)
     codec = codec or video_codec()
     path = os.fspath(path)
     partial = path + ".part"
     try:
-        _write(partial, frames, rate, audio, sample_rate, frame_times, crf, codec)
+        _write(partial, frames, rate, audio, sample_rate, frame_times, crf, codec, gop)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
 
 
-def _write(path: str, frames, rate: Fraction, audio, sample_rate: int, frame_times, crf: int, codec: str) -> None:
+def _write(path: str, frames, rate: Fraction, audio, sample_rate: int, frame_times, crf: int, codec: str,
+           gop: int | None) -> None:
     with av.open(path, "w", format="mp4") as container:
         video = None  # created on the first frame, once the size is known
         audio_blocks = None
@@ -80,6 +82,8 @@ def _write(path: str, frames, rate: Fraction, audio, sample_rate: int, frame_tim
             if video is None:
                 video = _add_video_stream(container, codec, rate, image.shape[1], image.shape[0], crf,
                                           variable=frame_times is not None)
+                if gop is not None:
+                    video.codec_context.gop_size = gop
                 if audio is not None:  # both streams must exist before the first packet is written
                     audio_blocks = _AudioBlocks(container, audio, sample_rate)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")

@@ -76,6 +76,9 @@ def ask_stream(run: str, video: str, question: str | None = None, at: list[float
     cfg = model.cfg
     sample, prompt_ids = _prompt(model, tokenizer, video, question)
     session = model.stream(max_context_chunks=max_context_chunks)
+    if log is not None and cfg.clip_window == "uniform":
+        print(f"note: this run saw {cfg.num_chunks} chunks spread over each whole video in training "
+              f"(clip_window: uniform); streaming feeds consecutive {cfg.chunk_seconds:g} s chunks.", file=log)
     pending = list(at or [])
     # without --whole, stop reading once the last requested second is seen
     stop = None if whole or not pending else (start or 0.0) + pending[-1]

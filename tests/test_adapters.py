@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mirasol.cli import build_parser
+from mirasol.cli import build_parser, main
 from mirasol.datasets.adapters import ConvertError, cli_convert, convert, fill_template
 from mirasol.datasets.manifest import read_manifest
 
@@ -211,9 +211,14 @@ def test_cli_convert(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_convert(args) == 1
     assert not empty_out.exists()
+    # an input error goes to `mirasol.cli.main`, which prints one line and exits with 2
     args.videos = str(tmp_path / "does-not-exist")
-    assert cli_convert(args) == 1
-    assert "videos folder not found" in capsys.readouterr().err
+    with pytest.raises(ConvertError, match="videos folder not found"):
+        cli_convert(args)
+    capsys.readouterr()
+    assert main(["convert", "--format", "vggsound", "--annotations", str(SAMPLES / "vggsound-sample.csv"),
+                 "--videos", args.videos, "--out", str(empty_out)]) == 2
+    assert "mirasol convert: error: videos folder not found" in capsys.readouterr().err
 
 
 def test_missing_list_is_capped(tmp_path, capsys):

@@ -84,6 +84,6 @@ def test_bad_arguments(run, capsys):
     assert cli(["ask", "--run", str(run), path, "q?", "--window", "2"]) == 2
     assert "--whole" in capsys.readouterr().err
     assert cli(["ask", "--run", str(run), path, "q?", "--whole", "--window", "0"]) == 2
-    assert "max_context_chunks" in capsys.readouterr().err
+    assert "--window takes" in capsys.readouterr().err
     with pytest.raises(ValueError):
         parse_times("abc")

@@ -85,7 +85,8 @@ def test_prepare_cli_exit_codes(manifest, tmp_path):
     assert cli(["prepare", "--manifest", str(manifest), "--out", str(tmp_path / "c"), "--workers", "1"]) == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "b", "video": str(tmp_path / "empty.mp4"), "task": "classify", "answer": "x"}) + "\n")
-    assert cli(["prepare", "--manifest", str(bad), "--out", str(tmp_path / "c2"), "--workers", "1"]) == 1
+    # no usable clip at all: one error line naming the manifest and the first reason, exit 2
+    assert cli(["prepare", "--manifest", str(bad), "--out", str(tmp_path / "c2"), "--workers", "1"]) == 2
 
 
 def test_dataset_and_collate_build_model_batches(manifest, tmp_path):

@@ -13,6 +13,7 @@ import sys
 import torch
 
 from mirasol.datasets.manifest import Sample, prompt_for
+from mirasol.errors import UsageError
 
 
 def _prompt(model, tokenizer, video: str, question: str | None):
@@ -54,9 +55,9 @@ def parse_times(text: str) -> list[float]:
     try:
         times = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"--at takes seconds separated by commas, e.g. --at 30,60,90; got {text!r}") from None
+        raise UsageError(f"--at takes seconds separated by commas, e.g. --at 30,60,90; got {text!r}") from None
     if not times or any(t <= 0 for t in times) or times != sorted(times):
-        raise ValueError(f"--at takes increasing positive seconds, e.g. --at 30,60,90; got {text!r}")
+        raise UsageError(f"--at takes increasing positive seconds, e.g. --at 30,60,90; got {text!r}")
     return times
 
 
@@ -116,17 +117,13 @@ def ask_stream(run: str, video: str, question: str | None = None, at: list[float
 
 
 def cli_ask(args) -> int:
-    from mirasol.media.decode import MediaError
-
-    try:
-        if args.whole or args.at:
-            ask_stream(args.run, args.video, args.question, parse_times(args.at) if args.at else None,
-                       args.start, args.end, args.window, whole=args.whole, log=sys.stderr)
-        else:
-            if args.window is not None:
-                raise ValueError("--window applies to streaming: add --whole or --at")
-            print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))
-    except (MediaError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.window is not None and args.window < 1:
+        raise UsageError(f"--window takes a number of chunks >= 1, got {args.window}")
+    if args.whole or args.at:
+        ask_stream(args.run, args.video, args.question, parse_times(args.at) if args.at else None,
+                   args.start, args.end, args.window, whole=args.whole, log=sys.stderr)
+    else:
+        if args.window is not None:
+            raise UsageError("--window applies to streaming: add --whole or --at")
+        print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))
     return 0

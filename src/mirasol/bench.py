@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from mirasol.config import MirasolConfig
+from mirasol.errors import UsageError
 from mirasol.model import IGNORE_INDEX
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.layers import Encoder
@@ -787,7 +788,7 @@ def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
     names = list(ALL) if what == "all" else [w.strip() for w in what.split(",")]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        raise ValueError(f"unknown benchmark {unknown[0]!r} (choose from all, {', '.join(BENCHMARKS)})")
+        raise UsageError(f"unknown benchmark {unknown[0]!r} (choose from all, {', '.join(BENCHMARKS)})")
     env = environment()
     print(f"torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs, {env['date']}, "
           f"load average {env['load_average']}")
@@ -804,9 +805,5 @@ def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
 
 
 def cli_bench(args) -> int:
-    try:
-        run(args.what, args.out)
-    except ValueError as err:
-        print(f"mirasol bench: {err}", file=sys.stderr)
-        return 2
+    run(args.what, args.out)
     return 0

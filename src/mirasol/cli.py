@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from mirasol.errors import MirasolError
 
 # subcommand -> (module, function, one-line help)
 COMMANDS = {
@@ -28,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mirasol",
         description="Mirasol3B: train, evaluate and query an autoregressive audio-video-text model.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an input error (also: MIRASOL_DEBUG=1), for bug reports")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("synth", help=COMMANDS["synth"][2], description=COMMANDS["synth"][2])
@@ -82,7 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help=COMMANDS["bench"][2], description=COMMANDS["bench"][2])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")
     p.add_argument("--out", default=None, help="write results as JSON here")
+
+    # --debug is accepted after the command too; SUPPRESS keeps the top-level value when it is absent
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+# Errors in what the user gave us: their message alone says what is wrong and where. OSErrors of
+# these kinds come from paths the user named (a missing manifest, an --out that is a file).
+USER_ERRORS = (MirasolError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
+
+
+def error_message(err: BaseException) -> str:
+    """One line for a user error. An OSError raised by the system names the path and the reason; an
+    error re-raised from a DataLoader worker carries the worker's traceback, of which the last line
+    is the original message."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror}"
+    text = str(err)
+    if "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "mirasol.media.decode.MediaError: <message>"
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module, func, _ = COMMANDS[args.command]
-    handler = getattr(importlib.import_module(module), func)
-    return int(handler(args) or 0)
+    try:
+        handler = getattr(importlib.import_module(module), func)
+        return int(handler(args) or 0)
+    except USER_ERRORS as err:
+        if args.debug or os.environ.get("MIRASOL_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"mirasol {args.command}: error: {error_message(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mirasol.errors import MirasolError
+
 COMBINERS = ("transformer", "ttm")
 LATENT_LOSSES = ("mse", "cosine")
 RESIZE_MODES = ("crop", "letterbox")
@@ -21,7 +23,7 @@ CLIP_WINDOWS = ("start", "center", "uniform")
 MISSING_AUDIO = ("zeros", "skip", "error")
 
 
-class ConfigError(ValueError):
+class ConfigError(MirasolError, ValueError):
     """A config key is unknown, or values are inconsistent. The message names the key."""
 
 

@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import collections
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.datasets.manifest import family, normalize_answer
+from mirasol.errors import MirasolError
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(MirasolError):
+    """A checkpoint file was refused (not plain tensors) or cannot be read. The message names the file."""
 
 
 # --- run files written once at the start of training ---------------------------------------
@@ -66,8 +73,10 @@ def load_run(run: str | Path, device: str | torch.device = "cpu"):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run / name} not found: is {run} a finished `mirasol train` run directory?")
-    model = Mirasol.from_pretrained(run, device=device)
-    return model, load_tokenizer(run), load_train_stats(run), load_run_config(run)
+    run_cfg = load_run_config(run)
+    model = Mirasol(run_cfg.model)  # what Mirasol.from_pretrained does, with errors that name the file
+    load_weights(model, run / "model.safetensors", device)
+    return model.to(device).eval(), load_tokenizer(run), load_train_stats(run), run_cfg
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -109,5 +118,40 @@ def latest_checkpoint(run: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def load_weights(model, file: Path, device: str | torch.device = "cpu") -> None:
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(file), device=str(device))
+    except (SafetensorError, RuntimeError) as err:
+        raise _weights_error(file, err) from None
+
+
+def _weights_error(file: Path, err: Exception) -> CheckpointError:
+    if isinstance(err, SafetensorError):
+        return CheckpointError(f"{file}: not a readable safetensors file ({err}); the file is damaged")
+    # load_state_dict: missing or unexpected keys, other shapes; the first of them is enough
+    detail = " ".join(str(err).split())
+    if len(detail) > 300:
+        detail = detail[:detail.rfind(". ", 0, 300) + 1] + " ..."
+    return CheckpointError(f"{file} does not fit the model this config builds; were the model settings "
+                           f"changed since it was trained? ({detail})")
+
+
 def load_train_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / "train_state.pt", map_location="cpu", weights_only=True)
+    """The optimizer, scheduler, step and RNG state. Loaded with weights_only=True: a file holding
+    anything but tensors, numbers and containers is refused, since unpickling it could run code."""
+    file = checkpoint / "train_state.pt"
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # the class or function it would have imported
+        what = f"it holds a pickled {found.group(1)}" if found else "it is not in torch's tensor format"
+        raise CheckpointError(
+            f"{file} was refused: it is not a plain tensor file ({what}), and loading it could run arbitrary "
+            f"code. `mirasol train` writes only tensors and numbers there, so this file came from elsewhere: "
+            f"delete {checkpoint} to resume from the checkpoint before it, or start a new run") from None
+    except (EOFError, RuntimeError) as err:  # empty, truncated, or not a zip archive
+        detail = " ".join(str(err).split())[:200] or "empty file"
+        raise CheckpointError(f"{file}: not a readable checkpoint ({detail}); the file is damaged: "
+                              f"delete {checkpoint} to resume from the checkpoint before it") from None

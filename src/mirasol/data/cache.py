@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mirasol.config import MirasolConfig
+from mirasol.errors import MirasolError
 
 MEDIA_KEYS = ("num_chunks", "frames_per_chunk", "fps", "image_size", "sample_rate", "n_mels",
               "audio_win_ms", "audio_hop_ms", "resize", "clip_window", "missing_audio")
@@ -52,8 +53,8 @@ def default_cache_dir(manifest: str | os.PathLike, cfg: MirasolConfig) -> Path:
     return Path(manifest).resolve().parent / ".mirasol_cache" / digest
 
 
-class CacheError(RuntimeError):
-    pass
+class CacheError(MirasolError, RuntimeError):
+    """A cache folder cannot be used (other media settings, not a cache, damaged)."""
 
 
 @dataclass
@@ -145,6 +146,12 @@ class ClipCache:
             rows = len(self.index)
             if rows == 0:
                 raise CacheError(f"{self.root} holds no clips")
+            for name, size in (("video.u8", self.video_row_bytes), ("audio.f16", self.audio_row_bytes)):
+                path = self.root / name
+                have = path.stat().st_size if path.exists() else 0
+                if have < rows * size:  # files cut short or deleted after they were indexed
+                    raise CacheError(f"{path} holds {have // size} clips but index.jsonl lists {rows}: the cache "
+                                     f"is damaged; delete {self.root} and run `mirasol prepare` (or train) again")
             self._video = np.memmap(self.root / "video.u8", dtype=np.uint8, mode="r", shape=(rows, *self.video_shape))
             self._audio = np.memmap(self.root / "audio.f16", dtype=np.float16, mode="r", shape=(rows, *self.audio_shape))
         return self._video, self._audio
@@ -243,10 +250,18 @@ def print_report(report: dict, out: str | os.PathLike, file=None) -> None:
         print(f"  ... and {len(report['skipped']) - 10} more (see {Path(out) / 'report.json'})", file=file)
 
 
+def require_clips(report: dict, manifest: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Raise CacheError when none of the manifest's clips could be decoded (a report of prepare)."""
+    if report["ok"] == 0:
+        first = f" (first: {report['skipped'][0]['reason']})" if report["skipped"] else ""
+        raise CacheError(f"no clip of {manifest} could be decoded{first}; see {Path(out) / 'report.json'}")
+
+
 def cli_prepare(args) -> int:
     from mirasol.train.config import load_model_config
 
     cfg = load_model_config(args.config)
     report = prepare(args.manifest, args.out, cfg, workers=args.workers)
     print_report(report, args.out)
-    return 0 if report["ok"] > 0 else 1
+    require_clips(report, ", ".join(args.manifest), args.out)  # some clips skipped is fine, none usable is not
+    return 0

@@ -7,9 +7,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mirasol.config import ConfigError
 from mirasol.data.cache import ClipCache, clip_key
 from mirasol.datasets.manifest import Sample, prompt_text
-from mirasol.data.tokenizer import MirasolTokenizer
+from mirasol.data.tokenizer import MirasolTokenizer, TokenizerError
 from mirasol.model import IGNORE_INDEX
 
 
@@ -23,7 +24,13 @@ class ClipDataset(Dataset):
         self.keys = [clip_key(s.video, s.start, s.end) for s in self.samples]
         ids: dict[str, int] = {}
         self.clip_ids = [ids.setdefault(k, len(ids)) for k in self.keys]  # rows of one clip share an id
-        self.examples = [tokenizer.encode_example(prompt_text(s), s.answer, max_len) for s in self.samples]
+        self.examples = []
+        for s in self.samples:
+            try:
+                self.examples.append(tokenizer.encode_example(prompt_text(s), s.answer, max_len))
+            except TokenizerError as err:
+                raise TokenizerError(f"manifest row {s.id!r}: {err}; raise data.max_text_len "
+                                     "(or model.max_text_len) or shorten the answer") from None
         self.prompts = [tokenizer.encode_prompt(prompt_text(s), max_len) for s in self.samples]
 
     def __len__(self) -> int:
@@ -110,7 +117,8 @@ class EpochBatches:
     def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world: int = 1,
                  clips: list[int] | None = None, questions_per_clip: int = 1):
         if size < batch_size:
-            raise ValueError(f"the dataset has {size} usable samples, fewer than batch_size={batch_size}")
+            raise ConfigError(f"config key 'train.batch_size': the dataset has {size} usable samples, "
+                              f"fewer than batch_size={batch_size}")
         if questions_per_clip > 1 and (clips is None or len(clips) != size):
             raise ValueError("questions_per_clip > 1 needs the clip id of every row")
         self.size, self.batch_size, self.seed = size, batch_size, seed

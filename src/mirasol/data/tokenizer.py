@@ -35,11 +35,17 @@ from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mirasol.errors import MirasolError
+
 PAD, BOS, EOS, SEP = "<pad>", "<bos>", "<eos>", "<sep>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, SEP)  # ids 0, 1, 2, 3
 IGNORE_INDEX = -100
 TOKENIZER_FILE = "tokenizer.json"
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # specials + one symbol per byte
+
+
+class TokenizerError(MirasolError, ValueError):
+    """A tokenizer file cannot be used, or a setting or text does not fit the sequence format."""
 
 
 def _tokenizer_file(path: str | os.PathLike) -> Path:
@@ -57,8 +63,9 @@ class MirasolTokenizer:
         for expected_id, token in enumerate(SPECIAL_TOKENS):
             actual = tokenizer.token_to_id(token)
             if actual != expected_id:
-                raise ValueError(f"tokenizer: special token {token} has id {actual}, expected {expected_id} "
-                                 f"(specials must be {', '.join(f'{t}={i}' for i, t in enumerate(SPECIAL_TOKENS))})")
+                specials = ", ".join(f"{t}={i}" for i, t in enumerate(SPECIAL_TOKENS))
+                raise TokenizerError(f"tokenizer: special token {token} has id {actual}, expected {expected_id} "
+                                     f"(specials must be {specials})")
         # Text containing "<eos>" etc. is encoded as ordinary characters (runtime setting, not saved;
         # tokenizers >= 0.19 has it, older versions would match the specials inside text).
         if hasattr(tokenizer, "encode_special_tokens"):
@@ -73,10 +80,10 @@ class MirasolTokenizer:
         """Train on ``texts`` (empty strings and None are ignored). The vocabulary holds at most
         ``vocab_size`` entries (fewer when the texts run out of pairs to merge)."""
         if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
-            raise ValueError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE} "
-                             f"(4 specials + 256 bytes), got {vocab_size!r}")
+            raise TokenizerError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE} "
+                                 f"(4 specials + 256 bytes), got {vocab_size!r}")
         if not isinstance(min_frequency, int) or min_frequency < 1:
-            raise ValueError(f"min_frequency must be a positive integer, got {min_frequency!r}")
+            raise TokenizerError(f"min_frequency must be a positive integer, got {min_frequency!r}")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
         tok.decoder = decoders.ByteLevel()
@@ -115,7 +122,14 @@ class MirasolTokenizer:
         file = _tokenizer_file(path)
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer at {file}")
-        return cls(Tokenizer.from_file(str(file)))
+        try:
+            tok = Tokenizer.from_file(str(file))
+        except Exception as err:  # the tokenizers library raises a bare Exception on a bad file
+            raise TokenizerError(f"{file}: not a tokenizer file ({err})") from None
+        try:
+            return cls(tok)
+        except TokenizerError as err:
+            raise TokenizerError(f"{file}: {err}") from None
 
     @classmethod
     def from_json(cls, text: str) -> "MirasolTokenizer":
@@ -182,7 +196,7 @@ class MirasolTokenizer:
         ids = self.encode(prompt)
         if max_len is not None:
             if max_len < 2:
-                raise ValueError(f"max_len={max_len} leaves no room for bos and sep")
+                raise TokenizerError(f"max_len={max_len} leaves no room for bos and sep")
             ids = ids[: max_len - 2]
         return [self.bos_id, *ids, self.sep_id]
 
@@ -201,8 +215,8 @@ class MirasolTokenizer:
         target = self.encode_answer(answer)
         room = max_len - 2 - len(target)  # prompt tokens that fit beside bos, sep and the answer
         if room < 0:
-            raise ValueError(f"answer of {len(target) - 1} tokens (+ eos) does not fit in max_len={max_len} "
-                             f"with bos and sep ({answer[:60]!r})")
+            raise TokenizerError(f"answer of {len(target) - 1} tokens (+ eos) does not fit in max_len={max_len} "
+                                 f"with bos and sep ({answer[:60]!r})")
         prompt_ids = self.encode_prompt(prompt)
         if len(prompt_ids) - 2 > room:
             prompt_ids = [self.bos_id, *prompt_ids[1: 1 + room], self.sep_id]

@@ -61,6 +61,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 from mirasol.datasets.manifest import ManifestError, clean_text, parse_row, video_path_for_manifest, write_manifest
+from mirasol.errors import MirasolError
 
 FORMATS = ("msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -73,7 +74,7 @@ NEXTQA_FAMILIES = {"CW": "causal", "CH": "causal", "TN": "temporal", "TC": "temp
                    "DL": "descriptive", "DC": "descriptive", "DO": "descriptive"}
 
 
-class ConvertError(ValueError):
+class ConvertError(MirasolError, ValueError):
     """An annotation file cannot be read as the chosen format (the message names file and key)."""
 
 
@@ -543,12 +544,9 @@ def convert(format: str, annotation_paths: Iterable[str | os.PathLike], videos_d
 
 
 def cli_convert(args) -> int:
-    """``mirasol convert``: exit 0 if any rows were written, 1 if none (or on an input error)."""
-    try:
-        stats = convert(args.format, args.annotations, args.videos, args.out, verbose=True)
-    except (ConvertError, OSError) as e:
-        print(f"mirasol convert: error: {e}", file=sys.stderr)
-        return 1
+    """``mirasol convert``: exit 0 if any rows were written, 1 if none; an input error raises
+    ConvertError (`mirasol.cli.main` prints it and exits with 2)."""
+    stats = convert(args.format, args.annotations, args.videos, args.out, verbose=True)
     print(stats.summary())
     if not stats.written:
         hint = " (are the videos downloaded into --videos?)" if stats.missing else ""

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from mirasol.errors import MirasolError
+
 TASKS = ("qa", "caption", "classify")
 
 # Fixed prompts for the tasks that have no question. Evaluation and `ask` must use these same
@@ -52,7 +54,7 @@ KNOWN_KEYS = frozenset({"id", "video", "start", "end", "task", "question", "answ
 ANSWER_ALIASES = {"caption": "caption", "classify": "label"}
 
 
-class ManifestError(ValueError):
+class ManifestError(MirasolError, ValueError):
     """A manifest row is invalid. ``path``, ``line`` (1-based, or None) and ``key`` say where."""
 
     def __init__(self, path: str | os.PathLike | None, line: int | None, key: str | None, message: str):
@@ -327,7 +329,7 @@ def read_manifest(path: str | os.PathLike) -> list[Sample]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text.rstrip("\r\n"))  # without the newline, a cut-off row's column is its end
             except json.JSONDecodeError as e:
                 raise ManifestError(path, line_no, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
             sample = parse_row(obj, base_dir, line_no, path)

@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from mirasol.errors import UsageError
 from mirasol.media.writer import write_video
 
 # ------------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def _feasible_noise_seconds(n_beeps: int, first: str) -> list[int]:
 
 def split_sizes(num: int) -> dict[str, int]:
     if num < len(SPLITS):
-        raise ValueError(f"--num must be at least {len(SPLITS)} (one clip per split), got {num}")
+        raise UsageError(f"--num must be at least {len(SPLITS)} (one clip per split), got {num}")
     val = max(1, round(num * SPLITS[1][1]))
     test = max(1, round(num * SPLITS[2][1]))
     return {"train": num - val - test, "val": val, "test": test}
@@ -191,7 +192,7 @@ def _balanced_pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nd
 def plan(num: int, seed: int) -> list[dict[str, Any]]:
     """The latent description of every clip, in clip order (train clips first, then val, test)."""
     if seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {seed}")
+        raise UsageError(f"--seed must be >= 0, got {seed}")
     specs: list[dict[str, Any]] = []
     index = 0
     for split_no, (split, n) in enumerate(split_sizes(num).items()):
@@ -385,6 +386,8 @@ def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0
     """
     num = DEFAULT_NUM if num is None else int(num)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the clips and manifests")
     clips_dir = out / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -462,11 +465,7 @@ def cli_synth(args) -> int:
     num = getattr(args, "num", None)
     seed = getattr(args, "seed", 0)
     seed = 0 if seed is None else seed
-    try:
-        result = synthesize(args.out, num=num, seed=seed)
-    except ValueError as e:
-        print(f"mirasol synth: {e}")
-        return 2
+    result = synthesize(args.out, num=num, seed=seed)
     print(f"wrote {result['num']} clips to {result['out']} in {result['seconds']:.1f} s "
           f"({result['clips_per_second']:.1f} clips/s)")
     for split, path in result["manifests"].items():

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report
+from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report, require_clips
 from mirasol.data.dataset import ClipDataset, collate
 from mirasol.datasets.manifest import family, normalize_answer, read_manifest
 from mirasol.eval.predict import predict
@@ -32,6 +32,7 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     cache_dir = Path(cache) if cache else default_cache_dir(manifest, model.cfg)
     report_prep = prepare([manifest], cache_dir, model.cfg, workers=run_cfg.data.prepare_workers, progress=progress)
     print_report(report_prep, cache_dir)
+    require_clips(report_prep, manifest, cache_dir)
     max_len = run_cfg.data.max_text_len or model.cfg.max_text_len
     dataset = ClipDataset(samples, ClipCache(cache_dir, model.cfg), tokenizer, max_len)
 
@@ -108,11 +109,7 @@ def format_table(report: dict) -> str:
 
 
 def cli_evaluate(args) -> int:
-    try:
-        report = evaluate(args.run, args.manifest, args.out)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = evaluate(args.run, args.manifest, args.out)  # input errors: printed by mirasol.cli.main
     print(format_table(report))
     print(f"report: {args.out}  predictions: {Path(args.out).with_name(report['predictions'])}")
     return 0

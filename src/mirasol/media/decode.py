@@ -47,6 +47,7 @@ import av
 import numpy as np
 
 from mirasol.config import MirasolConfig
+from mirasol.errors import MirasolError
 
 # Seek this much before the window start, so that the audio packets (which the demuxer positions
 # near, not necessarily before, the video keyframe) cover the start of the window too.
@@ -64,7 +65,7 @@ TRUNCATION_S = 0.5
 MIN_SEEK_GAP_S = 1.0
 
 
-class MediaError(Exception):
+class MediaError(MirasolError):
     """A media file cannot be used. The message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str | None = None):

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mirasol.config import ConfigError
-from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report
+from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report, require_clips
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
 from mirasol.datasets.manifest import family, normalize_answer, read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
@@ -131,6 +131,8 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     train_samples = read_manifest(train_manifest)
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
+    resume_from = run_dir.latest_checkpoint(out) if resume else None
+    resumed = run_dir.load_train_state(resume_from) if resume_from else None  # a refused file stops us here
     max_len = run_cfg.data.max_text_len or run_cfg.model.max_text_len
     cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg.model)
 
@@ -150,8 +152,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
         manifests = [train_manifest] + ([val_manifest] if val_manifest else [])
         report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress)
         print_report(report, cache_dir)
-        if report["ok"] == 0:
-            raise RuntimeError(f"no clip of {train_manifest} could be decoded; see {cache_dir / 'report.json'}")
+        require_clips(report, train_manifest, cache_dir)
     _barrier()
     tokenizer, stats = run_dir.load_tokenizer(out), run_dir.load_train_stats(out)
     cache = ClipCache(cache_dir, run_cfg.model)
@@ -165,16 +166,12 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
     step = 0
-    if resume:
-        last = run_dir.latest_checkpoint(out)
-        from safetensors.torch import load_model
-
-        load_model(model, str(last / "model.safetensors"), device=str(device))
-        state = run_dir.load_train_state(last)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+    if resumed is not None:
+        run_dir.load_weights(model, resume_from / "model.safetensors", device)
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["rng"])
+        step = int(resumed["step"])
         if main:
             _truncate_metrics(out / "metrics.jsonl", step)
             print(f"resuming {out} from step {step}", file=sys.stderr)
@@ -319,15 +316,13 @@ def plot_metrics(metrics_file: Path, out: Path) -> list[Path]:
 
 
 def cli_train(args) -> int:
+    # errors in the input reach `mirasol.cli.main`, which prints them as one line
     try:
         run_cfg = load_run_config(args.config, args.overrides)
         for path in [args.train] + ([args.val] if args.val else []):
             if not Path(path).exists():
                 raise ConfigError(f"manifest {path} does not exist")
         summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

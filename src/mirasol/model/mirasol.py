@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from mirasol.model.combiner import build_combiner
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.layers import EMBED_STD
 from mirasol.model.text_decoder import TextDecoder
+
+if TYPE_CHECKING:
+    from mirasol.model.stream import MediaStream
 
 IGNORE_INDEX = -100
 

@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+# The tests of pretrained backbones need the `hf` extra (transformers, peft); the quickstart does not.
+pip install -q -e ".[dev,hf]"
 python -m pytest -q "$@"

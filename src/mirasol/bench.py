@@ -6,19 +6,26 @@ every variant alike; the median is reported), prints a small table and returns a
 count is left at torch's default and reported with the torch version.
 
     step       forward + backward + AdamW step of the tiny preset, batch 8 and 32, both combiners,
-               one question per clip vs 4 questions sharing each clip's encoding
+               one question per clip vs 4 questions sharing each clip's encoding; model FLOPs per
+               sample and, on a GPU, MFU (`--preset base --batch 8 --precision bf16` etc.)
     chunks     encode_media cost vs number of chunks T, chunked model vs one unchunked transformer
     generate   greedy decoding of 32 tokens with and without the KV cache (and: same tokens?)
     data       data-loader time per batch from the clip cache vs the training step on that batch
+    memory     memory plan per GPU (weights, gradients, AdamW, activations) for base and mirasol3b on
+               1 / 8 / 64 GPUs, ddp vs fsdp, with and without activation checkpointing; checked
+               against the measured peak of CPU steps at small sizes
     prepare    `prepare` throughput on 10 s 480p clips (1 and 2 workers); peak RSS of decoding
                a long vs a short 1080p file (bounded memory)
+    store      the clip store on real videos at base and mirasol3b media settings: bytes per clip
+               and PSNR per candidate encoding, decode ms per clip, `prepare` clips/s and loader
+               samples/s per store format (raw, h264, none), the base step beside them
     long       64 to 1024 frames of the small preset's media: streaming chunk by chunk (with and
                without a window), batch encode_media and one unchunked transformer; time per frame
                and peak RSS, each case in a fresh process
 
-`all` runs step, chunks, generate and data; `prepare` writes video files and `long` takes minutes,
-so they only run when named. Python: ``run("step")`` or the ``bench_*`` functions, whose keyword arguments
-shrink them (the tests use that).
+`all` runs step, chunks, generate and data; `prepare`, `store` and `long` are slower, and `memory`
+starts fresh processes, so they only run when named. Python: ``run("step")`` or the ``bench_*``
+functions, whose keyword arguments shrink them (the tests use that).
 
 Media files and the synthetic cache are kept under ``$MIRASOL_BENCH_DIR`` (default:
 ``<tmp>/mirasol-bench``) so that a second run does not write them again.
@@ -126,11 +133,36 @@ def random_batch(cfg: MirasolConfig, batch: int, text_len: int = 24, prompt_len:
     return {"video": video, "audio": audio, "input_ids": ids, "labels": labels, "media_index": media_index}
 
 
-def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict) -> None:
-    out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"], media_index=batch["media_index"])
+def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict, bf16: bool = False) -> None:
+    with torch.autocast(batch["video"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(batch["video"], batch["audio"], batch["input_ids"], batch["labels"],
+                    media_index=batch["media_index"])
     out.loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if batch["video"].is_cuda:
+        torch.cuda.synchronize()  # time the work, not its queueing
+
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets; matched
+# against torch.cuda.get_device_name(). Set MIRASOL_PEAK_TFLOPS for any other device.
+BF16_PEAK_TFLOPS = {
+    "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H200": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
+    "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+}
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak (TFLOP/s), or None (CPU, or a GPU not in the table)."""
+    if os.environ.get("MIRASOL_PEAK_TFLOPS"):
+        return float(os.environ["MIRASOL_PEAK_TFLOPS"])
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True):  # the most specific name first
+        if key in name:
+            return BF16_PEAK_TFLOPS[key]
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,37 +171,59 @@ def _train_step(model: Mirasol, optimizer: torch.optim.Optimizer, batch: dict) -
 
 def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: str = "tiny",
                repeats: int = 5, warmup: int = 2, overrides: dict | None = None, quiet: bool = False,
-               questions_per_clip=(1, 4)) -> dict:
+               questions_per_clip=(1, 4), device: str = "auto", precision: str = "auto",
+               text_len: int = 24) -> dict:
     """Forward + backward + AdamW step time per (combiner, batch size, questions per clip);
-    samples (text rows) per second. Questions per clip k: the batch's rows ask about batch / k
-    clips, each encoded once (`train.questions_per_clip`)."""
+    samples (text rows) per second; model FLOPs per sample counted analytically
+    (`mirasol.cost.model_flops`: 3x the forward's matmul FLOPs) and the FLOP/s they make; on a GPU
+    whose bf16 peak is known, MFU = achieved model FLOP/s / peak. Questions per clip k: the batch's
+    rows ask about batch / k clips, each encoded once (`train.questions_per_clip`)."""
+    from mirasol.cost import model_flops
+    from mirasol.train.loop import adamw_kernel
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    peak = device_peak_tflops(dev)
     torch.manual_seed(0)
     variants, meta = {}, {}
     for combiner in combiners:
         cfg = MirasolConfig.preset(preset, combiner=combiner, **(overrides or {}))
-        model = Mirasol(cfg).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model = Mirasol(cfg).to(dev).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_kernel(dev))  # as in training
         for bs in batch_sizes:
             for k in questions_per_clip:
                 if bs % k:
                     continue
                 name = f"{combiner}/b{bs}/k{k}"
-                batch = random_batch(cfg, bs, questions_per_clip=k)
-                variants[name] = (lambda m=model, o=optimizer, b=batch: _train_step(m, o, b))
+                batch = {key: v.to(dev) for key, v in random_batch(cfg, bs, text_len, questions_per_clip=k).items()}
+                variants[name] = (lambda m=model, o=optimizer, b=batch: _train_step(m, o, b, bf16))
                 meta[name] = {"combiner": combiner, "batch": bs, "questions_per_clip": k,
-                              "parameters": model.num_parameters()["total"]}
+                              "parameters": model.num_parameters()["total"],
+                              "flops_per_sample": model_flops(cfg, text_len, k)["train"]}
     times = measure(variants, repeats, warmup)
     rows = []
     for name, t in times.items():
-        meta[name].update(t)
-        meta[name]["samples_per_s"] = meta[name]["batch"] / t["median_s"]
-        rows.append([meta[name]["combiner"], meta[name]["batch"], meta[name]["questions_per_clip"],
-                     1000 * t["median_s"], 1000 * t["min_s"], meta[name]["samples_per_s"]])
+        r = meta[name]
+        r.update(t)
+        r["samples_per_s"] = r["batch"] / t["median_s"]
+        r["model_tflops_per_s"] = r["samples_per_s"] * r["flops_per_sample"] / 1e12
+        r["mfu"] = r["model_tflops_per_s"] / peak if peak else None
+        rows.append([r["combiner"], r["batch"], r["questions_per_clip"], 1000 * t["median_s"], 1000 * t["min_s"],
+                     r["samples_per_s"], r["flops_per_sample"] / 1e9, r["model_tflops_per_s"],
+                     f"{100 * r['mfu']:.1f} %" if peak else "-"])
     result = {"preset": preset, "overrides": overrides or {}, "repeats": repeats, "warmup": warmup,
-              "text_len": 24, "results": meta}
+              "text_len": text_len, "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+              "precision": "bf16" if bf16 else "fp32", "peak_bf16_tflops": peak,
+              "flops_note": "model FLOPs per sample = 3 x forward matmul FLOPs (mirasol.cost.model_flops); "
+                            "recomputation is not counted", "results": meta}
     if not quiet:
-        print_table(f"step: {preset} preset, forward + backward + AdamW (median of {repeats})",
-                    ["combiner", "batch", "questions/clip", "median ms", "min ms", "samples/s"], rows)
+        print_table(f"step: {preset} preset, forward + backward + AdamW on {result['device']}, {result['precision']} "
+                    f"(median of {repeats})",
+                    ["combiner", "batch", "questions/clip", "median ms", "min ms", "samples/s", "GFLOP/sample",
+                     "TFLOP/s", "MFU"], rows)
+        if not peak:
+            print("  MFU needs a GPU with a known bf16 peak (or MIRASOL_PEAK_TFLOPS); FLOP/s shown as measured")
     return result
 
 
@@ -565,6 +619,48 @@ def bench_prepare(num_clips: int = 8, clip_seconds: float = 10.0, workers=(1, 2)
 
 
 # ------------------------------------------------------------------------------------------------
+# 6. lora (needs the `hf` extra)
+
+
+def bench_lora(batch: int = 8, preset: str = "small", n_layer: int = 12, n_embd: int = 768, n_head: int = 12,
+               vocab: int = 50257, repeats: int = 3, warmup: int = 1, lora_r: int = 8, quiet: bool = False) -> dict:
+    """A GPT-2-sized text backbone (random weights, built in memory) on `preset` media: frozen LM +
+    LoRA (r=8 on c_attn) against full fine-tuning. Parameters (trainable / total) and step time
+    (forward + backward + AdamW over the trainable parameters), side by side."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mirasol.model.backbones import LMDecoder
+    from mirasol.pretrained import apply_freeze_and_lora, parameter_counts
+
+    variants, meta = {}, {}
+    for name in ("full", "frozen+lora"):
+        torch.manual_seed(0)
+        cfg = MirasolConfig.preset(preset, text_backbone="<in memory>", vocab_size=vocab + 2, pad_token_id=vocab,
+                                   sep_token_id=vocab + 1, bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+        lm = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+        model = Mirasol(cfg, text_decoder=LMDecoder(cfg, lm)).train()
+        if name != "full":
+            apply_freeze_and_lora(model, ["text_backbone"], {"r": lora_r, "alpha": 2 * lora_r, "targets": ["c_attn"]})
+        trainable, total = parameter_counts(model)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        data = random_batch(cfg, batch)
+        data["input_ids"] = data["input_ids"] % vocab
+        variants[name] = (lambda m=model, o=optimizer, b=data: _train_step(m, o, b))
+        meta[name] = {"trainable": trainable, "total": total}
+    times = measure(variants, repeats, warmup)
+    rows = []
+    for name, t in times.items():
+        meta[name].update(t)
+        rows.append([name, meta[name]["total"] / 1e6, meta[name]["trainable"] / 1e6, 1000 * t["median_s"],
+                     1000 * t["min_s"]])
+    if not quiet:
+        print_table(f"lora: {preset} media + GPT-2-sized decoder ({n_layer} x {n_embd}, random weights), batch {batch}, "
+                    f"median of {repeats}", ["variant", "total M", "trainable M", "median ms", "min ms"], rows)
+    return {"preset": preset, "batch": batch, "n_layer": n_layer, "n_embd": n_embd, "lora_r": lora_r,
+            "repeats": repeats, "results": meta}
+
+
+# ------------------------------------------------------------------------------------------------
 # 6. uniform: the chunks of a long file sampled whole
 
 
@@ -605,7 +701,301 @@ def bench_uniform(seconds: float = 180.0, size: tuple[int, int] = (1920, 1080), 
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. long
+# 7. store
+
+REAL_INPUTS = ("example3.mp4", "big_buck_bunny_432_433.webm", "no_duration.webm", "flipping_a_pancake.mkv")
+# candidate -> (store format, encoder keyword arguments); gop None = one key frame per chunk
+STORE_CANDIDATES = {
+    "h264 crf18 444 gop=chunk": ("h264", dict(crf=18, pix_fmt="yuv444p")),
+    "h264 crf18 444 gop=clip": ("h264", dict(crf=18, pix_fmt="yuv444p", gop=0)),
+    "h264 crf18 444 intra": ("h264", dict(crf=18, pix_fmt="yuv444p", gop=1)),
+    "h264 crf18 420 gop=chunk": ("h264", dict(crf=18, pix_fmt="yuv420p")),
+    "h264 crf23 444 gop=chunk": ("h264", dict(crf=23, pix_fmt="yuv444p")),
+    "jpeg q90 420": ("jpeg", dict(quality=90, subsampling=2)),
+    "jpeg q95 444": ("jpeg", dict(quality=95, subsampling=0)),
+}
+
+
+def real_media_dir() -> Path | None:
+    """The real sample videos (MIRASOL_MEDIA_DIR, else the shared samples folder), if present."""
+    for path in (os.environ.get("MIRASOL_MEDIA_DIR"), "/work/shared/samples/media"):
+        if path and all((Path(path) / name).exists() for name in REAL_INPUTS):
+            return Path(path)
+    return None
+
+
+def _codec_rows(presets, inputs: list[Path], candidates: dict, repeats: int) -> tuple[dict, list]:
+    from mirasol.data import codecs
+    from mirasol.data.cache import decode_clip
+
+    results, rows = {}, []
+    for preset in presets:
+        cfg = MirasolConfig.preset(preset)
+        for path in inputs:
+            video, audio, info = decode_clip(str(path), cfg, None, None)
+            raw_v, raw_a = video.nbytes, audio.nbytes
+            real = min(cfg.num_frames, max(1, int(round(info["valid_seconds"] * cfg.fps))))  # frames not padding
+            variants, encoded = {"raw": lambda: np.array(np.frombuffer(video.tobytes(), np.uint8))}, {}
+            for name, (fmt, kwargs) in candidates.items():
+                kwargs = dict(kwargs)
+                if fmt == "h264":
+                    kwargs["gop"] = kwargs.get("gop") if kwargs.get("gop") is not None else cfg.frames_per_chunk
+                    kwargs["gop"] = kwargs["gop"] or cfg.num_frames
+                encoder = codecs.encode_h264 if fmt == "h264" else codecs.encode_jpeg
+                began = time.perf_counter()
+                data = encoder(video, **kwargs)
+                encoded[name] = (fmt, data, time.perf_counter() - began)
+                variants[name] = (lambda f=fmt, d=data: codecs.decode(d, f, video.shape))
+            times = measure(variants, repeats, warmup=1)
+            for name, t in times.items():
+                if name == "raw":
+                    size_v, real_v, quality, worst, enc_s = raw_v, raw_v, float("inf"), float("inf"), 0.0
+                else:
+                    fmt, data, enc_s = encoded[name]
+                    decoded = codecs.decode(data, fmt, video.shape)
+                    sizes = [len(p) for p in codecs._unpack(data)]
+                    size_v = len(data)
+                    real_v = sum(sizes[:real]) / real * cfg.num_frames  # as if every frame were real
+                    quality = codecs.psnr(video, decoded)
+                    worst = min(codecs.psnr(a, b) for a, b in zip(video[:real], decoded[:real]))
+                r = {"preset": preset, "input": path.name, "candidate": name, "video_bytes": size_v,
+                     "audio_bytes": raw_a, "raw_bytes": raw_v + raw_a, "ratio": (raw_v + raw_a) / (size_v + raw_a),
+                     "ratio_video_only": raw_v / size_v, "real_frames": real, "frames": cfg.num_frames,
+                     "ratio_if_all_real": (raw_v + raw_a) / (real_v + raw_a), "psnr_db": quality,
+                     "min_frame_psnr_db": worst, "decode_ms": 1000 * t["median_s"], "encode_ms": 1000 * enc_s,
+                     "decode": t}
+                results[f"{preset}/{path.name}/{name}"] = r
+                rows.append([preset, f"{path.name[:18]} {real}/{cfg.num_frames}", name,
+                             (size_v + raw_a) / 1024, r["ratio"], r["ratio_if_all_real"], quality, worst,
+                             r["decode_ms"], r["encode_ms"]])
+    return results, rows
+
+
+def _store_manifest(inputs: list[Path], root: Path, copies: int, questions: int = 1) -> Path:
+    """A manifest of `copies` links to each input (distinct cache keys), `questions` rows per clip."""
+    media = root / "real"
+    media.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for c in range(copies):
+        for path in inputs:
+            link = media / f"{c}_{path.name}"
+            if not link.exists():
+                link.symlink_to(path)
+            for q in range(questions):
+                lines.append({"id": f"{c}_{path.stem}_{q}", "video": str(link), "task": "qa",
+                              "question": f"what is in clip {q}?", "answer": path.stem.split("_")[0]})
+    manifest = root / f"real_{copies}x{questions}.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return manifest
+
+
+def _loader_rate(cache_dir: Path, cfg: MirasolConfig, manifest: Path, workers: int, samples: int) -> dict:
+    """Samples/s of DataLoader(ClipDataset) with `workers` processes, after its first batch."""
+    from mirasol.data.cache import ClipCache
+    from mirasol.data.dataset import ClipDataset, collate
+    from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
+    from mirasol.datasets.manifest import read_manifest
+
+    rows = read_manifest(manifest)
+    tokenizer = MirasolTokenizer.train(tokenizer_texts(rows), vocab_size=300)
+    dataset = ClipDataset(rows, ClipCache(cache_dir, cfg), tokenizer, 32)
+    batch = 2
+    order = [i % len(dataset) for i in range(samples + batch * max(1, workers))]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=[order[i:i + batch] for i in range(0, len(order), batch)], num_workers=workers,
+        collate_fn=lambda items: collate(items, tokenizer.pad_id), prefetch_factor=2 if workers else None)
+    it = iter(loader)
+    for _ in range(max(1, workers)):  # each worker's first batch: start-up, imports
+        next(it)
+    began = time.perf_counter()
+    n = sum(b["index"].numel() for b in it)
+    elapsed = time.perf_counter() - began
+    return {"samples": n, "seconds": elapsed, "samples_per_s": n / elapsed}
+
+
+def bench_store(presets=("base", "mirasol3b"), candidates: dict | None = None, repeats: int = 3,
+                prepare_presets=("base", "mirasol3b"), prepare_stores=("raw", "h264", "none"), workers=(1, 2),
+                copies: int = 2, loader_presets=("small", "base"), loader_stores=("raw", "h264", "none"),
+                loader_samples: int = 16, step_preset: str | None = "base", root: Path | None = None,
+                media_dir: Path | None = None, quiet: bool = False) -> dict:
+    """The clip store on real videos: (1) per candidate encoding, bytes per clip against raw
+    (video + float16 audio), PSNR against the raw uint8 frames, decode and encode ms per clip in
+    one thread; (2) `prepare` clips/s per store format with 1 and 2 workers; (3) loader samples/s
+    per store format (none = decode on the fly) with 1 and 2 DataLoader workers; (4) the training
+    step of `step_preset` at batch 1 beside them."""
+    from mirasol.data.cache import prepare
+
+    media_dir = media_dir or real_media_dir()
+    if media_dir is None:
+        raise ValueError("the real sample videos are not found; set MIRASOL_MEDIA_DIR to a folder holding "
+                         + ", ".join(REAL_INPUTS))
+    inputs = [media_dir / name for name in REAL_INPUTS]
+    candidates = STORE_CANDIDATES if candidates is None else candidates
+    root = root or work_dir() / "store"
+    root.mkdir(parents=True, exist_ok=True)
+    result: dict = {"inputs": [p.name for p in inputs], "repeats": repeats}
+
+    codec_results, rows = _codec_rows(presets, inputs, candidates, repeats)
+    result["codecs"] = codec_results
+    if not quiet:
+        print_table(f"store: encodings of real clips (decode/encode in one thread, median of {repeats}); KB and "
+                    "ratios count video + float16 audio; 'if all real': as if the clip had no padded frames",
+                    ["preset", "input real/frames", "candidate", "KB/clip", "raw/this", "if all real", "PSNR dB",
+                     "min frame dB", "decode ms", "encode ms"], rows)
+
+    manifest = _store_manifest(inputs, root, copies)
+    clips = copies * len(inputs)
+    result["prepare"], rows, caches = {}, [], {}
+    for preset in dict.fromkeys(tuple(prepare_presets) + tuple(loader_presets)):
+        cfg = MirasolConfig.preset(preset)
+        for store in dict.fromkeys(tuple(prepare_stores) + tuple(loader_stores)):
+            for w in workers if preset in prepare_presets and store in prepare_stores else (workers[-1],):
+                folder = root / f"{preset}-{store}-w{w}"
+                shutil.rmtree(folder, ignore_errors=True)
+                began = time.perf_counter()
+                report = prepare([manifest], folder, cfg, workers=w, progress=False, store=store)
+                seconds = time.perf_counter() - began
+                caches[(preset, store)] = folder
+                if report["ok"] != clips:
+                    raise RuntimeError(f"prepare cached {report['ok']} of {clips} clips: {report['skipped'][:1]}")
+                if preset in prepare_presets and store in prepare_stores:
+                    size = sum(f.stat().st_size for f in folder.iterdir() if f.name in ("video.u8", "video.bin",
+                                                                                          "audio.f16"))
+                    r = {"preset": preset, "store": store, "workers": w, "clips": clips, "seconds": seconds,
+                         "clips_per_s": clips / seconds, "bytes_per_clip": size / clips}
+                    result["prepare"][f"{preset}/{store}/w{w}"] = r
+                    rows.append([preset, store, w, clips, r["clips_per_s"], size / clips / 2**20])
+    if not quiet:
+        print_table(f"store: prepare of {clips} real clips ({copies} copies of each input; one run each)",
+                    ["preset", "store", "workers", "clips", "clips/s", "MB/clip on disk"], rows)
+
+    loader_manifest = _store_manifest(inputs, root, copies)
+    result["loader"], rows = {}, []
+    for preset in loader_presets:
+        cfg = MirasolConfig.preset(preset)
+        for store in loader_stores:
+            for w in workers:
+                r = _loader_rate(caches[(preset, store)], cfg, loader_manifest, w, loader_samples)
+                result["loader"][f"{preset}/{store}/w{w}"] = {"preset": preset, "store": store, "workers": w, **r}
+                rows.append([preset, store, w, r["samples"], r["samples_per_s"], 1000 * w / r["samples_per_s"]])
+    if not quiet:
+        print_table("store: DataLoader(ClipDataset) samples/s after the first batch (batch 2)",
+                    ["preset", "store", "workers", "samples", "samples/s", "ms/sample/worker"], rows)
+
+    if step_preset:
+        step = bench_step(batch_sizes=(1,), combiners=("transformer",), preset=step_preset, repeats=1, warmup=1,
+                          questions_per_clip=(1,), quiet=True)
+        ms = 1000 * step["results"]["transformer/b1/k1"]["median_s"]
+        result["step"] = {"preset": step_preset, "batch": 1, "ms": ms, "device": "cpu", "detail": step}
+        if not quiet:
+            print(f"\n{step_preset} training step, batch 1, transformer combiner, CPU: {ms:.0f} ms "
+                  "(one timed step after one warm-up; GPU not measured here)")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. memory
+
+_MEMORY_CHILD = r"""
+import json, sys
+import torch
+from mirasol import Mirasol, MirasolConfig
+from mirasol.bench import _train_step, random_batch
+
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+preset, batch, checkpointing, text_len = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+torch.manual_seed(0)
+cfg = MirasolConfig.preset(preset)
+# warm-up at batch 1: loads the kernels' code and thread pools, which the step must not be charged for
+model = Mirasol(cfg).train()
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+_train_step(model, optimizer, random_batch(cfg, 1, text_len, prompt_len=text_len // 2))
+del model, optimizer
+start = rss("VmRSS:")
+model = Mirasol(cfg).train()
+model.set_activation_checkpointing(checkpointing)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+data = random_batch(cfg, batch, text_len, prompt_len=text_len // 2)
+_train_step(model, optimizer, data)  # the first step creates the AdamW states
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+_train_step(model, optimizer, data)
+print(json.dumps({"start": start, "peak": rss("VmHWM:"), "after": rss("VmRSS:")}))
+"""
+
+
+def measured_cpu_peak(preset: str, batch: int, checkpointing: bool, text_len: int = 24) -> dict:
+    """Peak RSS that a training step adds, measured in a fresh process: RSS after the imports,
+    then model + AdamW + one step (which creates the optimizer states); the kernel's peak-RSS
+    counter (VmHWM) is reset (/proc/self/clear_refs) and a second step is run; its VmHWM minus
+    the RSS after imports is the step's peak: weights, gradients, optimizer states, activations
+    and allocator slack. A warm-up step at batch 1 (model deleted) comes first, so that loading
+    kernel code is not charged. glibc's malloc is told to give every block over 64 KiB back to the
+    system when freed (fixed mmap threshold), so that RSS follows the live tensors. Linux only."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, preset, str(batch), "1" if checkpointing else "0",
+                          str(text_len)], check=True, capture_output=True, text=True, env=env).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"peak_bytes": r["peak"] - r["start"], "after_bytes": r["after"] - r["start"]}
+
+
+def bench_memory(presets=("base", "mirasol3b"), gpus=(1, 8, 64), gpu_gib: float = 80.0, batch_per_gpu=None,
+                 text_len: int = 32, check=(("tiny", 32), ("small", 4)), quiet: bool = False) -> dict:
+    """The memory plan per GPU (mirasol.cost.memory_plan: bf16, AdamW) for each preset, strategy,
+    GPU count and activation checkpointing, with the largest batch per GPU that fits in gpu_gib;
+    then the plan checked against the measured peak of a CPU step (fp32) at small sizes."""
+    from mirasol.cost import GIB, max_batch, memory_plan, parameter_counts
+
+    batch_per_gpu = batch_per_gpu or {"base": 8, "mirasol3b": 1}
+    plans, rows = [], []
+    for preset in presets:
+        cfg = MirasolConfig.preset(preset)
+        counts = parameter_counts(cfg)
+        b = batch_per_gpu.get(preset, 1) if isinstance(batch_per_gpu, dict) else batch_per_gpu
+        for strategy in ("ddp", "fsdp"):
+            for n in gpus:
+                for ac in (False, True):
+                    plan = memory_plan(cfg, strategy, n, b, checkpointing=ac, bf16=True, text_len=text_len,
+                                       counts=counts)
+                    fit = max_batch(cfg, gpu_gib * GIB, strategy=strategy, gpus=n, checkpointing=ac, bf16=True,
+                                    text_len=text_len)
+                    plans.append({"preset": preset, "parameters": counts["total"], "strategy": strategy, "gpus": n,
+                                  "activation_checkpointing": ac, **plan.as_dict(), "max_batch_per_gpu": fit})
+                    rows.append([preset, strategy, n, "yes" if ac else "no", b] +
+                                [getattr(plan, k) / GIB for k in ("weights", "gradients", "optimizer", "gathered",
+                                                                  "activations")] +
+                                [plan.total / GIB, "yes" if plan.total <= gpu_gib * GIB else "NO", fit])
+    checks, check_rows = [], []
+    for preset, b in check:
+        cfg = MirasolConfig.preset(preset)
+        for ac in (False, True):
+            plan = memory_plan(cfg, "ddp", 1, b, checkpointing=ac, bf16=False, text_len=24)
+            seen = measured_cpu_peak(preset, b, ac)
+            checks.append({"preset": preset, "batch": b, "activation_checkpointing": ac, "estimate": plan.as_dict(),
+                           **seen, "measured_over_estimate": seen["peak_bytes"] / plan.total})
+            check_rows.append([preset, b, "yes" if ac else "no", plan.activations / 2**20,
+                               (plan.total - plan.activations) / 2**20, plan.total / 2**20,
+                               seen["peak_bytes"] / 2**20, seen["peak_bytes"] / plan.total])
+    result = {"gpu_gib": gpu_gib, "text_len": text_len, "precision": "bf16 (plan), fp32 (CPU check)",
+              "plans": plans, "cpu_check": checks,
+              "note": "plan: fp32 master weights, gradients and AdamW states + activations kept for the backward "
+                      "(mirasol.cost); CPU check: peak RSS of a second training step in a fresh process minus the "
+                      "RSS after imports (VmHWM reset through /proc/self/clear_refs)"}
+    if not quiet:
+        print_table(f"memory plan per GPU (GiB), bf16 autocast, AdamW, {text_len} text tokens per row, "
+                    f"{gpu_gib:g} GiB GPUs",
+                    ["preset", "strategy", "GPUs", "act. ckpt", "batch/GPU", "weights", "grads", "AdamW",
+                     "gathered", "activations", "total", "fits", "max batch"], rows)
+        print_table("plan vs measured peak of a CPU training step (fp32, one process, MiB)",
+                    ["preset", "batch", "act. ckpt", "est. activations", "est. states", "est. total",
+                     "measured peak", "measured / est."], check_rows)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. long
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -777,14 +1167,18 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "generate": bench_generate,
     "data": bench_data,
     "prepare": bench_prepare,
+    "lora": bench_lora,
     "uniform": bench_uniform,
+    "store": bench_store,
+    "memory": bench_memory,
     "long": bench_long,
 }
 ALL = ("step", "chunks", "generate", "data")
 
 
-def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
-    """Run one benchmark (or `all` = step, chunks, generate, data); optionally write JSON to `out`."""
+def run(what: str = "all", out: str | os.PathLike | None = None, step_options: dict | None = None) -> dict:
+    """Run one benchmark (or `all` = step, chunks, generate, data); optionally write JSON to `out`.
+    step_options: keyword arguments of bench_step (preset, batch_sizes, combiners, ...)."""
     names = list(ALL) if what == "all" else [w.strip() for w in what.split(",")]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -795,7 +1189,7 @@ def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
     results = {"environment": env}
     for name in names:
         began, load = time.perf_counter(), _load()
-        results[name] = BENCHMARKS[name]()
+        results[name] = BENCHMARKS[name](**(step_options or {}) if name == "step" else {})
         results[name].update(wall_s=time.perf_counter() - began, load_average_before=load, load_average_after=_load())
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -805,5 +1199,18 @@ def run(what: str = "all", out: str | os.PathLike | None = None) -> dict:
 
 
 def cli_bench(args) -> int:
-    run(args.what, args.out)
+    options = {}
+    if args.preset:
+        options["preset"] = args.preset
+    if args.batch:
+        options["batch_sizes"] = tuple(int(b) for b in args.batch.split(","))
+    if args.combiner:
+        options["combiners"] = tuple(args.combiner.split(","))
+    if args.questions_per_clip:
+        options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
+    if args.precision:
+        options["precision"] = args.precision
+    if options and args.what not in ("step", "all"):
+        raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision apply to `bench step` only")
+    run(args.what, args.out, options)
     return 0

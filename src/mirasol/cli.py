@@ -20,6 +20,8 @@ COMMANDS = {
     "ask": ("mirasol.ask", "cli_ask", "ask a trained run about a video file"),
     "quickstart": ("mirasol.quickstart", "cli_quickstart", "synth + train + evaluate on the built-in dataset"),
     "bench": ("mirasol.bench", "cli_bench", "performance benchmarks"),
+    "consolidate": ("mirasol.run_dir", "cli_consolidate",
+                    "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
 }
 
 
@@ -46,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="model config YAML or run dir whose media settings to use "
                    "(default: the tiny preset)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+    p.add_argument("--store", default="auto", choices=["auto", "raw", "h264", "jpeg", "none"],
+                   help="how clips are kept: auto (h264 when a raw clip would exceed 1 MiB of frames, else raw), "
+                        "raw, h264, jpeg, or none (only checked; the loader decodes them on the fly). "
+                        "Default: auto")
 
     p = sub.add_parser("convert", help=COMMANDS["convert"][2], description=COMMANDS["convert"][2])
     p.add_argument("--format", required=True,
@@ -84,9 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][2], description=COMMANDS["quickstart"][2])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
 
+    p = sub.add_parser("consolidate", help=COMMANDS["consolidate"][2], description=COMMANDS["consolidate"][2])
+    p.add_argument("checkpoint", help="a checkpoint folder (RUN/checkpoints/step_N), or a run: its latest checkpoint")
+    p.add_argument("--out", default=None, help="folder to write config.json + model.safetensors to "
+                   "(default: the checkpoint folder itself)")
+
     p = sub.add_parser("bench", help=COMMANDS["bench"][2], description=COMMANDS["bench"][2])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")
     p.add_argument("--out", default=None, help="write results as JSON here")
+    p.add_argument("--preset", default=None, help="step: model preset (default: tiny)")
+    p.add_argument("--batch", default=None, help="step: batch sizes, comma-separated (default: 8,32)")
+    p.add_argument("--combiner", default=None, help="step: combiners, comma-separated (default: transformer,ttm)")
+    p.add_argument("--questions-per-clip", default=None, help="step: comma-separated (default: 1,4)")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="step: auto = bf16 on a GPU, fp32 on the CPU")
 
     # --debug is accepted after the command too; SUPPRESS keeps the top-level value when it is absent
     for p in sub.choices.values():

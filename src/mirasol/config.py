@@ -21,6 +21,7 @@ LATENT_LOSSES = ("mse", "cosine")
 RESIZE_MODES = ("crop", "letterbox")
 CLIP_WINDOWS = ("start", "center", "uniform")
 MISSING_AUDIO = ("zeros", "skip", "error")
+AUDIO_FEATURES = ("log_mel", "whisper")
 
 
 class ConfigError(MirasolError, ValueError):
@@ -43,6 +44,8 @@ class MirasolConfig:
     # (chunk t covers span t of T equal spans of the whole video or the row's [start, end]).
     clip_window: str = "start"
     missing_audio: str = "zeros"  # file without an audio stream: zeros | skip | error
+    # log_mel: ours (media/features.py); whisper: Whisper's own log-mel (set by audio_backbone)
+    audio_features: str = "log_mel"
 
     # --- video encoder: tubelets of tubelet_size frames x patch_size^2 pixels ----------------
     patch_size: int = 8
@@ -86,6 +89,14 @@ class MirasolConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     sep_token_id: int = 3
+
+    # --- pretrained parts (local Hugging Face folders; need the `hf` extra) ---------------------
+    # A causal LM as the text decoder (its tokenizer replaces ours; vocab_size and the special ids
+    # are then taken from it), an image encoder per frame, the Whisper encoder per audio chunk.
+    text_backbone: str | None = None
+    video_backbone: str | None = None
+    audio_backbone: str | None = None
+    cross_attn_every: int = 1  # text backbone: a gated cross-attention layer after every k-th LM layer
 
     # --- shared ---------------------------------------------------------------------------------
     mlp_ratio: float = 4.0
@@ -142,7 +153,8 @@ class MirasolConfig:
                     "tubelet_size", "video_dim", "video_layers", "video_heads", "audio_patch_mels",
                     "audio_patch_frames", "audio_dim", "audio_layers", "audio_heads", "combiner_tokens",
                     "combiner_layers", "ttm_memory_tokens", "ttm_read_tokens", "av_dim", "av_layers",
-                    "av_heads", "vocab_size", "text_dim", "text_layers", "text_heads", "max_text_len"):
+                    "av_heads", "vocab_size", "text_dim", "text_layers", "text_heads", "max_text_len",
+                    "cross_attn_every"):
             value = getattr(self, key)
             need(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
                  f"must be a positive integer, got {value!r}")
@@ -157,6 +169,12 @@ class MirasolConfig:
              f"must be one of {CLIP_WINDOWS}, got {self.clip_window!r}")
         need(self.missing_audio in MISSING_AUDIO, "missing_audio",
              f"must be one of {MISSING_AUDIO}, got {self.missing_audio!r}")
+        need(self.audio_features in AUDIO_FEATURES, "audio_features",
+             f"must be one of {AUDIO_FEATURES}, got {self.audio_features!r}")
+        for key in ("text_backbone", "video_backbone", "audio_backbone"):
+            value = getattr(self, key)
+            need(value is None or (isinstance(value, str) and value.strip() != ""), key,
+                 f"must be the path of a local Hugging Face model folder, got {value!r}")
         need(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
         need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
@@ -186,7 +204,12 @@ class MirasolConfig:
         specials = {k: getattr(self, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id")}
         for key, value in specials.items():
             need(0 <= value < self.vocab_size, key, f"{value} is outside the vocabulary (vocab_size={self.vocab_size})")
-        need(len(set(specials.values())) == 4, "pad_token_id", f"special token ids must differ, got {specials}")
+        # bos may equal eos (GPT-2 uses <|endoftext|> for both); pad and sep must be unique.
+        others = lambda key: [v for k, v in specials.items() if k != key]  # noqa: E731
+        need(specials["pad_token_id"] not in others("pad_token_id") and specials["sep_token_id"] not in
+             others("sep_token_id"), "pad_token_id", f"special token ids must differ, got {specials}")
+        if self.text_backbone is None:
+            need(self.bos_token_id != self.eos_token_id, "bos_token_id", f"special token ids must differ, got {specials}")
 
     # ------------------------------------------------------------------------------------------
     @classmethod

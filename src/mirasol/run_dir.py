@@ -6,6 +6,9 @@
     RUN/model.safetensors     }
     RUN/train_state.pt        } copies of the latest checkpoint, for from_pretrained and --resume
     RUN/checkpoints/step_00000500/{config.json, model.safetensors, train_state.pt}
+    RUN/checkpoints/step_00000500/sharded/       train.strategy=fsdp: model + optimizer, one file per
+                                                 process (torch.distributed.checkpoint); resumable on
+                                                 any number of processes
     RUN/metrics.jsonl, curves.png
 
 Checkpoints are written atomically (temp folder + rename), so a run killed at any moment leaves
@@ -19,6 +22,8 @@ import json
 import pickle
 import re
 import shutil
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,7 +61,11 @@ def write_run_files(run: Path, run_config: dict, tokenizer: MirasolTokenizer, st
 
 
 def load_tokenizer(run: str | Path) -> MirasolTokenizer:
-    return MirasolTokenizer.load(Path(run) / "tokenizer.json")
+    """The run's tokenizer: ours, or its text backbone's own (with the special ids of its config)."""
+    from mirasol.data.tokenizer import tokenizer_for
+    from mirasol.train.config import load_model_config
+
+    return tokenizer_for(load_model_config(run), Path(run) / "tokenizer.json")
 
 
 def load_train_stats(run: str | Path) -> dict:
@@ -74,7 +83,12 @@ def load_run(run: str | Path, device: str | torch.device = "cpu"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run / name} not found: is {run} a finished `mirasol train` run directory?")
     run_cfg = load_run_config(run)
-    model = Mirasol(run_cfg.model)  # what Mirasol.from_pretrained does, with errors that name the file
+    if any(getattr(run_cfg.model, key) for key in Mirasol.BACKBONES):
+        from mirasol.pretrained import build_saved_model  # the backbone folders, hash-checked
+
+        model = build_saved_model(run_cfg.model, run)
+    else:
+        model = Mirasol(run_cfg.model)  # what Mirasol.from_pretrained does, with errors that name the file
     load_weights(model, run / "model.safetensors", device)
     return model.to(device).eval(), load_tokenizer(run), load_train_stats(run), run_cfg
 
@@ -106,11 +120,120 @@ def save_checkpoint(run: Path, model, run_config: dict, train_state: dict, step:
     torch.save(train_state, tmp / "train_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for name in ("config.json", "model.safetensors", "train_state.pt"):
-        _atomic_copy(final / name, run / name)
+    for name in ("config.json", "model.safetensors", "train_state.pt", "backbones.json"):
+        if (final / name).exists():
+            _atomic_copy(final / name, run / name)
     for old in checkpoint_dirs(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+SHARDED = "sharded"
+
+
+def is_sharded(checkpoint: Path) -> bool:
+    return (checkpoint / SHARDED).is_dir()
+
+
+def save_sharded_checkpoint(run: Path, model, optimizer, run_config: dict, train_state: dict, step: int,
+                            keep: int, full_state: dict | None = None) -> Path:
+    """A checkpoint of an FSDP run; every process calls this. Each process writes its shards of the
+    model and optimizer (torch.distributed.checkpoint, into a temp folder); rank 0 adds config,
+    train_state.pt and, given `full_state` (the gathered model), a consolidated model.safetensors,
+    then renames the folder: as atomic as `save_checkpoint`. The folder must be visible to every
+    process (one machine, or a shared file system)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    main = dist.get_rank() == 0
+    root = run / "checkpoints"
+    final, tmp = root / f"step_{step:08d}", root / f".step_{step:08d}.tmp"
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / SHARDED)
+    dist.barrier()
+    if main:
+        from safetensors.torch import save_file
+
+        (tmp / "config.json").write_text(json.dumps(run_config, indent=2, sort_keys=True))
+        torch.save(train_state, tmp / "train_state.pt")
+        if full_state:
+            save_file({k: v.contiguous() for k, v in full_state.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt"})
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for name in ("config.json", "model.safetensors", "train_state.pt"):
+            if (final / name).exists():
+                _atomic_copy(final / name, run / name)
+            else:  # no consolidated weights at this save: do not leave older ones beside a newer state
+                (run / name).unlink(missing_ok=True)
+        for old in checkpoint_dirs(run)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_sharded_checkpoint(checkpoint: Path, model, optimizer) -> None:
+    """Load an FSDP checkpoint into a sharded model and its optimizer, whatever the number of
+    processes that wrote it (torch.distributed.checkpoint reshards by parameter name)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)  # the targets, in this run's sharding
+    # get_state_dict gives every parameter an AdamW state; a parameter that never had a gradient
+    # (the mask token when mask_ratio is 0) has none in the checkpoint, and must have none after.
+    saved = dcp.FileSystemReader(str(checkpoint / SHARDED)).read_metadata().state_dict_metadata
+    optim_state["state"] = {name: s for name, s in optim_state["state"].items()
+                            if all(f"optimizer.state.{name}.{key}" in saved for key in s)}
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=checkpoint / SHARDED)
+    # strict=False only admits those stateless parameters: dcp.load above already failed on any
+    # model or optimizer tensor missing from the checkpoint
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=False))
+
+
+def consolidate(checkpoint: str | Path, out: str | Path | None = None) -> Path:
+    """Write one model.safetensors (+ config.json) from a sharded checkpoint, in one process and
+    without a process group: for `Mirasol.from_pretrained` when the run saved without
+    `train.save_consolidated`. Needs the whole model in CPU memory. Returns the folder written."""
+    import torch.distributed.checkpoint as dcp
+
+    from mirasol.model import Mirasol
+    from mirasol.train.config import load_run_config
+
+    checkpoint = Path(checkpoint)
+    if not is_sharded(checkpoint):
+        raise FileNotFoundError(f"{checkpoint / SHARDED} not found: not a checkpoint of a train.strategy=fsdp run")
+    model = Mirasol(load_run_config(checkpoint).model)
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # "no process group: loading in a single process" is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=checkpoint / SHARDED)
+    model.load_state_dict(state["model"])
+    out = Path(out) if out else checkpoint
+    if out != checkpoint:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint / "config.json", out / "config.json")
+    model.save_pretrained(out)
+    return out
+
+
+def cli_consolidate(args) -> int:
+    path = Path(args.checkpoint)
+    checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    if checkpoint is None or not is_sharded(checkpoint):
+        print(f"mirasol consolidate: {path} is not a checkpoint of a train.strategy=fsdp run "
+              f"(no {SHARDED}/ folder)", file=sys.stderr)
+        return 2
+    out = consolidate(checkpoint, args.out)
+    print(f"wrote {out / 'model.safetensors'}; load it with Mirasol.from_pretrained('{out}')")
+    return 0
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -119,11 +242,9 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def load_weights(model, file: Path, device: str | torch.device = "cpu") -> None:
-    from safetensors.torch import load_model
-
     try:
-        load_model(model, str(file), device=str(device))
-    except (SafetensorError, RuntimeError) as err:
+        model.load_trained_weights(file, device=str(device))  # a backbone's frozen weights are not in the file
+    except (SafetensorError, RuntimeError, ValueError) as err:
         raise _weights_error(file, err) from None
 
 

@@ -1,5 +1,6 @@
-"""Cached clips + manifest rows -> model batches. No decoding happens here: clips come from the
-cache (`mirasol prepare`), text is tokenized once up front."""
+"""Cached clips + manifest rows -> model batches. Clips come from the cache (`mirasol prepare`):
+a raw store needs no decoding, a compressed one decodes its frames here (in the loader worker),
+store "none" decodes the video file; text is tokenized once up front."""
 
 from __future__ import annotations
 

@@ -275,3 +275,51 @@ def train_tokenizer_from_manifests(paths: Iterable[str | os.PathLike] | str | os
         paths = [paths]
     samples = [s for p in paths for s in read_manifest(p)]
     return MirasolTokenizer.train(tokenizer_texts(samples), vocab_size=vocab_size, min_frequency=min_frequency)
+
+
+class BackboneTokenizer(MirasolTokenizer):
+    """A pretrained LM's own tokenizer (its tokenizer.json) with Mirasol's sequence format: the
+    special ids come from the model config (mirasol.pretrained.resolve_config: bos/eos are the LM's,
+    pad and sep are new ids after its vocabulary, with their own learned embeddings)."""
+
+    def __init__(self, tokenizer: Tokenizer, cfg):
+        if hasattr(tokenizer, "encode_special_tokens"):
+            tokenizer.encode_special_tokens = True
+        self._tok, self._cfg = tokenizer, cfg
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, cfg) -> "BackboneTokenizer":  # type: ignore[override]
+        file = _tokenizer_file(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer at {file}")
+        return cls(Tokenizer.from_file(str(file)), cfg)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._cfg.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self._cfg.pad_token_id
+
+    @property
+    def bos_id(self) -> int:
+        return self._cfg.bos_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self._cfg.eos_token_id
+
+    @property
+    def sep_id(self) -> int:
+        return self._cfg.sep_token_id
+
+    def decode(self, ids: Sequence[int]) -> str:
+        limit = self._tok.get_vocab_size(with_added_tokens=True)
+        ids = [int(i) for i in ids if int(i) not in self.special_ids and int(i) < limit]
+        return self._tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def tokenizer_for(cfg, path: str | os.PathLike) -> MirasolTokenizer:
+    """The tokenizer stored at `path` (a run directory or tokenizer.json) for model config `cfg`."""
+    return BackboneTokenizer.load(path, cfg) if cfg.text_backbone else MirasolTokenizer.load(path)

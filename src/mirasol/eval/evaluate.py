@@ -29,12 +29,14 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, stats, run_cfg = load_run(run, device)
     samples = read_manifest(manifest)
-    cache_dir = Path(cache) if cache else default_cache_dir(manifest, model.cfg)
-    report_prep = prepare([manifest], cache_dir, model.cfg, workers=run_cfg.data.prepare_workers, progress=progress)
+    store = run_cfg.data.store  # the run's store format (auto unless it was trained with another)
+    cache_dir = Path(cache) if cache else default_cache_dir(manifest, model.cfg, store)
+    report_prep = prepare([manifest], cache_dir, model.cfg, workers=run_cfg.data.prepare_workers, progress=progress,
+                          store=store)
     print_report(report_prep, cache_dir)
     require_clips(report_prep, manifest, cache_dir)
     max_len = run_cfg.data.max_text_len or model.cfg.max_text_len
-    dataset = ClipDataset(samples, ClipCache(cache_dir, model.cfg), tokenizer, max_len)
+    dataset = ClipDataset(samples, ClipCache(cache_dir, model.cfg, store=store), tokenizer, max_len)
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,14 +58,14 @@ def load_clip(path: str | os.PathLike, cfg: MirasolConfig, start: float | None =
     'error'). Window choice, padding and timing conventions: see mirasol.media.decode."""
     import torch  # here, so that `import mirasol.media` stays fast
 
-    from mirasol.media.features import log_mel
+    from mirasol.media.features import audio_features
 
     media = decode_media(path, cfg, start, end)
     video = torch.from_numpy(media.frames).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     if media.spans is None:
-        audio = log_mel(media.waveform, cfg, num_frames=cfg.audio_frames)
+        audio = audio_features(media.waveform, cfg, num_frames=cfg.audio_frames)
     else:  # 'uniform': each chunk's audio is a separate piece; no STFT window may straddle two of them
-        pieces = log_mel(media.waveform.reshape(cfg.num_chunks, -1), cfg, num_frames=cfg.audio_frames_per_chunk)
+        pieces = audio_features(media.waveform.reshape(cfg.num_chunks, -1), cfg, num_frames=cfg.audio_frames_per_chunk)
         audio = pieces.permute(1, 0, 2).reshape(cfg.n_mels, cfg.audio_frames)
     valid_seconds = min(cfg.clip_seconds, max(media.video_seconds, media.audio_seconds))
     return Clip(video=video, audio=audio, has_audio=media.has_audio, valid_seconds=valid_seconds,

@@ -109,3 +109,66 @@ def log_mel(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torc
     mel = torch.matmul(mel_filterbank(cfg.sample_rate, n_fft, cfg.n_mels), power)
     out = (torch.log(mel + LOG_FLOOR) - LOG_MEL_SHIFT) / LOG_MEL_SCALE
     return out.reshape(*lead, cfg.n_mels, frames)
+
+
+# --- Whisper's own log-mel (for `audio_backbone`, audio_features='whisper') ---------------------
+# Written from the Whisper paper's front end: 25 ms Hann window as a 400-point FFT (no power-of-two
+# rounding), 10 ms hop, power |X|^2 (not divided by the window energy), Slaney-scale mel filters
+# with Slaney area normalisation from 0 Hz to 8 kHz, log10 with a floor of 1e-10. Where it differs
+# from `log_mel`: those four points, and the normalisation. Whisper clamps to (clip max - 8) and
+# maps x -> (x + 4) / 4 using the maximum over its whole 30 s input; here the clip's features stay
+# raw log10 and the model's Whisper wrapper does that per chunk (model/backbones.py), so that a
+# chunk never depends on the loudness of later chunks. Frames are centred on j * hop with zero
+# padding at the clip's edges (Whisper reflects), exactly as `log_mel`, so chunks stay aligned.
+WHISPER_FLOOR = 1e-10
+WHISPER_SILENCE = -10.0  # log10(WHISPER_FLOOR): the value of an all-zero input
+
+
+def slaney_hz_to_mel(hz):
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = 3.0 * hz / 200.0  # 200/3 Hz per mel below 1 kHz
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) * 27.0 / np.log(6.4)
+    return np.where(hz >= 1000.0, log_part, linear)
+
+
+def slaney_mel_to_hz(mel):
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)), 200.0 * mel / 3.0)
+
+
+@lru_cache(maxsize=8)
+def slaney_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """[n_mels, n_fft // 2 + 1] float32: triangles on FFT bin centres, each of area-normalised height."""
+    edges = slaney_mel_to_hz(np.linspace(slaney_hz_to_mel(0.0), slaney_hz_to_mel(sample_rate / 2), n_mels + 2))
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs - lower) / (centre - lower)
+    falling = (upper - freqs) / (upper - centre)
+    weights = np.clip(np.minimum(rising, falling), 0.0, None) * (2.0 / (upper - lower))
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+def whisper_log_mel(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torch.Tensor:
+    """Raw log10 Whisper mel [..., cfg.n_mels, frames] of mono audio at cfg.sample_rate (16 kHz)."""
+    x = torch.as_tensor(waveform, dtype=torch.float32)
+    hop, n_fft = cfg.hop_length, cfg.win_length
+    frames = x.shape[-1] // hop if num_frames is None else num_frames
+    if frames <= 0:
+        return torch.full((*x.shape[:-1], cfg.n_mels, 0), WHISPER_SILENCE)
+    needed = (frames - 1) * hop + n_fft
+    left = n_fft // 2
+    x = x[..., :needed - left]
+    x = torch.nn.functional.pad(x, (left, needed - left - x.shape[-1]))
+    lead = x.shape[:-1]
+    spec = torch.stft(x.reshape(-1, needed), n_fft, hop_length=hop, win_length=n_fft, window=_hann(n_fft),
+                      center=False, return_complex=True)
+    power = spec.real.square() + spec.imag.square()
+    mel = torch.matmul(slaney_filterbank(cfg.sample_rate, n_fft, cfg.n_mels), power)
+    return torch.log10(mel.clamp(min=WHISPER_FLOOR)).reshape(*lead, cfg.n_mels, frames)
+
+
+def audio_features(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torch.Tensor:
+    """The audio features cfg asks for: `log_mel` (ours) or Whisper's raw log10 mel."""
+    if cfg.audio_features == "whisper":
+        return whisper_log_mel(waveform, cfg, num_frames)
+    return log_mel(waveform, cfg, num_frames)

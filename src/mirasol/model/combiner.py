@@ -35,12 +35,15 @@ class TransformerCombiner(nn.Module):
     neither modality can drown the other in one shared average; the layers then refine them.
     """
 
-    def __init__(self, cfg: MirasolConfig):
+    def __init__(self, cfg: MirasolConfig, video_grid: tuple | None = None, audio_grid: tuple | None = None):
         super().__init__()
         self.m = cfg.combiner_tokens
-        self.video_grid = (cfg.frames_per_chunk // cfg.tubelet_size, cfg.image_size // cfg.patch_size,
-                           cfg.image_size // cfg.patch_size)
-        self.audio_grid = (cfg.audio_frames_per_chunk // cfg.audio_patch_frames, cfg.n_mels // cfg.audio_patch_mels)
+        # Token layouts: video (tubelets, rows, columns), audio (time, bands). Pretrained encoders
+        # bring their own (model/backbones.py).
+        self.video_grid = video_grid or (cfg.frames_per_chunk // cfg.tubelet_size, cfg.image_size // cfg.patch_size,
+                                         cfg.image_size // cfg.patch_size)
+        self.audio_grid = audio_grid or (cfg.audio_frames_per_chunk // cfg.audio_patch_frames,
+                                         cfg.n_mels // cfg.audio_patch_mels)
         self.num_audio_out = self.m // 2
         self.video_regions = _grid(self.m - self.num_audio_out)
         self.queries = nn.Parameter(torch.randn(self.m, cfg.av_dim) * EMBED_STD)
@@ -120,5 +123,5 @@ class TTMCombiner(nn.Module):
         return torch.stack(outputs, dim=1)
 
 
-def build_combiner(cfg: MirasolConfig) -> nn.Module:
-    return TTMCombiner(cfg) if cfg.combiner == "ttm" else TransformerCombiner(cfg)
+def build_combiner(cfg: MirasolConfig, video_grid: tuple | None = None, audio_grid: tuple | None = None) -> nn.Module:
+    return TTMCombiner(cfg) if cfg.combiner == "ttm" else TransformerCombiner(cfg, video_grid, audio_grid)

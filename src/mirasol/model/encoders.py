@@ -17,6 +17,9 @@ class VideoEncoder(nn.Module):
     def __init__(self, cfg: MirasolConfig):
         super().__init__()
         self.t, self.p = cfg.tubelet_size, cfg.patch_size
+        self.out_dim = cfg.video_dim
+        side = cfg.image_size // cfg.patch_size
+        self.grid = (cfg.frames_per_chunk // cfg.tubelet_size, side, side)  # token layout, for the combiner
         self.embed = nn.Linear(self.t * 3 * self.p * self.p, cfg.video_dim)
         self.embed.unit_scale = True  # see Mirasol._init_weights
         self.pos = nn.Parameter(torch.randn(cfg.video_tokens_per_chunk, cfg.video_dim) * EMBED_STD)
@@ -42,6 +45,8 @@ class AudioEncoder(nn.Module):
     def __init__(self, cfg: MirasolConfig):
         super().__init__()
         self.pm, self.pf = cfg.audio_patch_mels, cfg.audio_patch_frames
+        self.out_dim = cfg.audio_dim
+        self.grid = (cfg.audio_frames_per_chunk // self.pf, cfg.n_mels // self.pm)  # (time, bands)
         self.embed = nn.Linear(self.pm * self.pf, cfg.audio_dim)
         self.embed.unit_scale = True
         self.pos = nn.Parameter(torch.randn(cfg.audio_tokens_per_chunk, cfg.audio_dim) * EMBED_STD)

@@ -50,7 +50,7 @@ class _Stepper:
                  memory_mask: torch.Tensor | None = None):
         self.decoder, self.use_cache, self.memory_mask = decoder, use_cache, memory_mask
         self.context_kv = decoder.context_kv(memory)
-        self.caches = [{} for _ in decoder.blocks] if use_cache else None
+        self.caches = decoder.new_caches() if use_cache else None
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.ids, self.mask = ids, mask
@@ -72,8 +72,7 @@ class _Stepper:
         if self.memory_mask is not None:
             self.memory_mask = self.memory_mask[index]
         if self.caches is not None:
-            for cache in self.caches:
-                cache["k"], cache["v"] = cache["k"][index], cache["v"][index]
+            self.decoder.reorder_caches(self.caches, index)
 
 
 @torch.no_grad()

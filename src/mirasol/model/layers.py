@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 # Initial scale of learned position, role and query embeddings. They must be comparable to the
@@ -108,8 +109,17 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
+        # Activation checkpointing (train.activation_checkpointing): keep only the block's input and
+        # recompute the rest in the backward pass. Same results (the RNG is replayed), less memory.
+        self.checkpoint = False
 
     def forward(self, x, mask=None, rope=None, cache=None, context=None, context_mask=None, context_kv=None):
+        if self.checkpoint and self.training and cache is None and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, mask, rope, None, context, context_mask,
+                                                     context_kv, use_reentrant=False)
+        return self._forward(x, mask, rope, cache, context, context_mask, context_kv)
+
+    def _forward(self, x, mask=None, rope=None, cache=None, context=None, context_mask=None, context_kv=None):
         x = x + self.drop(self.attn(self.norm1(x), mask=mask, rope=rope, cache=cache))
         if self.cross is not None:
             y = self.cross(self.norm_cross(x), context=context, mask=context_mask, kv=context_kv)

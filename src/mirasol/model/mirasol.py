@@ -27,7 +27,7 @@ from mirasol.model import generation
 from mirasol.model.av_model import AVModel
 from mirasol.model.combiner import build_combiner
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
-from mirasol.model.layers import EMBED_STD
+from mirasol.model.layers import EMBED_STD, Block
 from mirasol.model.text_decoder import TextDecoder
 
 if TYPE_CHECKING:
@@ -67,19 +67,45 @@ def split_chunks(video: torch.Tensor, audio: torch.Tensor, cfg: MirasolConfig) -
 
 
 class Mirasol(nn.Module):
-    def __init__(self, cfg: MirasolConfig):
+    """The whole model. Pretrained parts (cfg.text_backbone / video_backbone / audio_backbone) come
+    in as built modules (model/backbones.py wrappers, made by mirasol.pretrained.build_model, which
+    reads the folders): `text_decoder`, `video_encoder`, `audio_encoder`."""
+
+    BACKBONES = {"text_backbone": "text_decoder.lm", "video_backbone": "video_encoder.encoder",
+                 "audio_backbone": "audio_encoder.encoder"}  # config key -> the wrapped HF module
+
+    def __init__(self, cfg: MirasolConfig, text_decoder: nn.Module | None = None,
+                 video_encoder: nn.Module | None = None, audio_encoder: nn.Module | None = None):
         super().__init__()
+        for key, given in (("text_backbone", text_decoder), ("video_backbone", video_encoder),
+                           ("audio_backbone", audio_encoder)):
+            if getattr(cfg, key) is not None and given is None:
+                raise ValueError(f"config key '{key}' names a pretrained folder: build the model with "
+                                 "mirasol.pretrained.build_model(cfg), which loads it (needs the `hf` extra)")
         self.cfg = cfg
-        self.video_encoder = VideoEncoder(cfg)
-        self.audio_encoder = AudioEncoder(cfg)
-        self.video_proj = nn.Linear(cfg.video_dim, cfg.av_dim)
-        self.audio_proj = nn.Linear(cfg.audio_dim, cfg.av_dim)
+        self.video_encoder = video_encoder or VideoEncoder(cfg)
+        self.audio_encoder = audio_encoder or AudioEncoder(cfg)
+        self.video_proj = nn.Linear(self.video_encoder.out_dim, cfg.av_dim)
+        self.audio_proj = nn.Linear(self.audio_encoder.out_dim, cfg.av_dim)
         self.video_proj.unit_scale = self.audio_proj.unit_scale = True
         self.modality = nn.Parameter(torch.randn(2, cfg.av_dim) * EMBED_STD)  # video, audio
-        self.combiner = build_combiner(cfg)
+        self.combiner = build_combiner(cfg, self.video_encoder.grid, self.audio_encoder.grid)
         self.av_model = AVModel(cfg)
-        self.text_decoder = TextDecoder(cfg)
-        self.apply(self._init_weights)
+        self.text_decoder = text_decoder or TextDecoder(cfg)
+        pretrained = {id(m) for m in self.backbone_modules().values()}
+
+        def init(module: nn.Module) -> None:  # as self.apply (children first), skipping pretrained parts
+            if id(module) in pretrained or getattr(module, "keep_init", False):
+                return
+            for child in module.children():
+                init(child)
+            self._init_weights(module)
+        init(self)
+
+    def backbone_modules(self) -> dict[str, nn.Module]:
+        """The pretrained Hugging Face modules in this model, by state-dict prefix."""
+        return {prefix: self.get_submodule(prefix) for key, prefix in self.BACKBONES.items()
+                if getattr(self.cfg, key) is not None}
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-style: small normal weights and residual output projections scaled down with depth,
@@ -88,8 +114,10 @@ class Mirasol(nn.Module):
         # projections (patch embeddings, modality projections) keep unit scale instead, so that
         # content starts as large as the position and modality embeddings added to it.
         if isinstance(module, nn.Linear):
-            depth = 2 * max(self.cfg.video_layers, self.cfg.audio_layers, self.cfg.combiner_layers,
-                            self.cfg.av_layers, self.cfg.text_layers)
+            depth = 2 * max(self.cfg.combiner_layers, self.cfg.av_layers,
+                            *(() if self.cfg.video_backbone else (self.cfg.video_layers,)),
+                            *(() if self.cfg.audio_backbone else (self.cfg.audio_layers,)),
+                            *(() if self.cfg.text_backbone else (self.cfg.text_layers,)))
             if getattr(module, "unit_scale", False):
                 std = module.in_features ** -0.5
             elif getattr(module, "residual_out", False):
@@ -187,6 +215,12 @@ class Mirasol(nn.Module):
                                            memory_mask=self.memory_mask(chunk_mask), **kwargs)
 
     # --- bookkeeping --------------------------------------------------------------------------
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute every transformer block in the backward pass instead of keeping its activations."""
+        for module in self.modules():
+            if isinstance(module, Block):
+                module.checkpoint = enabled
+
     def num_parameters(self) -> dict[str, int]:
         """Parameters per part; 'audio_video' is everything before the text decoder."""
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -201,8 +235,36 @@ class Mirasol(nn.Module):
         parts["total"] = count(self)
         return parts
 
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """What save_pretrained writes: every tensor except the frozen weights (and buffers) of the
+        pretrained backbones, which are rebuilt from their folders. Tied tensors once."""
+        skip = set()
+        for prefix, module in self.backbone_modules().items():
+            skip |= {f"{prefix}.{n}" for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+            skip |= {f"{prefix}.{n}" for n, _ in module.named_buffers(remove_duplicate=False)}
+        state, seen = {}, set()
+        for name, tensor in self.state_dict().items():
+            key = (tensor.data_ptr(), tensor.shape) if tensor.numel() else None
+            if name in skip or (key is not None and key in seen):
+                continue
+            seen.add(key)
+            state[name] = tensor.detach().contiguous()
+        return state
+
+    def load_trained_weights(self, file: str | Path, device: str | torch.device = "cpu") -> None:
+        """Load a save_pretrained model.safetensors; tensors it leaves out must be frozen backbone ones."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(file), device=str(device))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        expected_missing = set(self.state_dict()) - set(self.trained_state_dict())
+        missing = [k for k in missing if k not in expected_missing]
+        if missing or unexpected:
+            raise ValueError(f"{file} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                             "(was it saved with other backbones, train.freeze or train.lora settings?)")
+
     def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -215,19 +277,27 @@ class Mirasol(nn.Module):
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
         tmp.replace(config_file)
-        save_model(self, str(path / "model.safetensors.tmp"))
+        if getattr(self, "backbone_info", None):  # set by mirasol.pretrained.build_model
+            tmp = path / "backbones.json.tmp"
+            tmp.write_text(json.dumps(self.backbone_info, indent=2, sort_keys=True))
+            tmp.replace(path / "backbones.json")
+        save_file(self.trained_state_dict(), str(path / "model.safetensors.tmp"))
         (path / "model.safetensors.tmp").replace(path / "model.safetensors")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Mirasol":
-        from safetensors.torch import load_model
-
         path = Path(path)
         config_file, weights = path / "config.json", path / "model.safetensors"
         for needed in (config_file, weights):
             if not needed.exists():
                 raise FileNotFoundError(f"{needed} not found: {path} is not a saved Mirasol model or run directory")
         config = json.loads(config_file.read_text())
-        model = cls(MirasolConfig.from_dict(config.get("model", config) if isinstance(config.get("model"), dict) else config))
-        load_model(model, str(weights), device=str(device))
+        cfg = MirasolConfig.from_dict(config.get("model", config) if isinstance(config.get("model"), dict) else config)
+        if any(getattr(cfg, key) for key in cls.BACKBONES):
+            from mirasol.pretrained import build_saved_model  # reads the backbone folders, checks their hashes
+
+            model = build_saved_model(cfg, path)
+        else:
+            model = cls(cfg)
+        model.load_trained_weights(weights)
         return model.to(device).eval()

@@ -35,6 +35,16 @@ class TextDecoder(nn.Module):
         """Cross-attention keys/values of every block, computed once per clip for generation."""
         return [block.cross.project_kv(memory) for block in self.blocks]
 
+    def new_caches(self) -> list[dict]:
+        """Empty self-attention KV caches for generation (the decoder fills them)."""
+        return [{} for _ in self.blocks]
+
+    @staticmethod
+    def reorder_caches(caches: list[dict], index: torch.Tensor) -> None:
+        """Keep / repeat cache rows (beam search)."""
+        for cache in caches:
+            cache["k"], cache["v"] = cache["k"][index], cache["v"][index]
+
     def forward(
         self,
         input_ids: torch.Tensor,

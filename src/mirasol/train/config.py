@@ -26,6 +26,7 @@ import yaml
 from mirasol.config import PRESETS, ConfigError, MirasolConfig
 
 PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("ddp", "fsdp")
 
 
 def _check_keys(section: str, values: dict, cls) -> None:
@@ -59,6 +60,17 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     plots: bool = True
+    # Several processes (torchrun): ddp replicates the model on every process; fsdp shards weights,
+    # gradients and AdamW states over them (FSDP2 `fully_shard` per transformer block), with
+    # checkpoints written by torch.distributed.checkpoint. One process: ddp = plain training.
+    strategy: str = "ddp"
+    activation_checkpointing: bool = False  # recompute each transformer block in the backward: less memory, ~1.3x compute
+    compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
+    save_consolidated: bool = True  # fsdp: one model.safetensors at every save (False: only at the end)
+    # Pretrained backbones (model.*_backbone): which keep their loaded weights, and LoRA adapters
+    # (peft) {r, alpha, dropout, targets: [module names], parts: [text_backbone]}.
+    freeze: list = field(default_factory=list)
+    lora: dict | None = None
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "questions_per_clip", "max_steps", "log_every", "keep_checkpoints",
@@ -79,15 +91,42 @@ class TrainConfig:
             raise ConfigError(f"config key 'train.min_lr_ratio': must be in [0, 1], got {self.min_lr_ratio}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"config key 'train.precision': must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"config key 'train.strategy': must be one of {STRATEGIES}, got {self.strategy!r}")
+        for key in ("activation_checkpointing", "compile", "save_consolidated", "plots"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"config key 'train.{key}': must be true or false, got {getattr(self, key)!r}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("config keys 'train.grad_clip' and 'train.weight_decay' must be >= 0")
         self.betas = tuple(float(b) for b in self.betas)
+        backbones = ("text_backbone", "video_backbone", "audio_backbone")
+        if not isinstance(self.freeze, (list, tuple)) or any(k not in backbones for k in self.freeze):
+            raise ConfigError(f"config key 'train.freeze': must be a list drawn from {list(backbones)}, got {self.freeze!r}")
+        self.freeze = list(self.freeze)
+        if self.lora is not None:
+            known = {"r", "alpha", "dropout", "targets", "parts"}
+            if not isinstance(self.lora, dict) or set(self.lora) - known:
+                raise ConfigError(f"config key 'train.lora': a mapping with keys {sorted(known)}, got {self.lora!r}")
+            targets = self.lora.get("targets")
+            if not targets or not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                raise ConfigError("config key 'train.lora.targets': the LM's module names to adapt, e.g. [c_attn] "
+                                  "(GPT-2) or [q_proj, v_proj] (Llama, Qwen2)")
+            r = self.lora.get("r", 8)
+            if not isinstance(r, int) or r < 1:
+                raise ConfigError(f"config key 'train.lora.r': must be a positive integer, got {r!r}")
+            if not 0 <= float(self.lora.get("dropout", 0.0)) < 1:
+                raise ConfigError("config key 'train.lora.dropout': must be in [0, 1)")
+            for part in self.lora.get("parts", ["text_backbone"]):
+                if part not in backbones:
+                    raise ConfigError(f"config key 'train.lora.parts': {part!r} is not one of {list(backbones)}")
 
 
 @dataclass
 class DataConfig:
     cache: str | None = None  # clip cache folder; default: <train manifest folder>/.mirasol_cache/<media hash>
-    workers: int = 0  # DataLoader worker processes (the cache needs no decoding, so 0 is usually enough)
+    workers: int = 0  # DataLoader worker processes (a raw cache needs no decoding: 0 is enough there)
+    # clip store: auto (h264 for large frames, raw for small) | raw | h264 | jpeg | none (decode on the fly)
+    store: str = "auto"
     prepare_workers: int | None = None  # decoding processes for `prepare` (default: CPU count)
     max_text_len: int | None = None  # default: model.max_text_len
     tokenizer: str | None = None  # an existing tokenizer.json to use instead of training one
@@ -95,6 +134,10 @@ class DataConfig:
     def validate(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"config key 'data.workers': must be an integer >= 0, got {self.workers!r}")
+        from mirasol.data.cache import STORES  # light: numpy + tqdm, no torch
+
+        if self.store not in STORES:
+            raise ConfigError(f"config key 'data.store': must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.tokenizer is not None and not Path(self.tokenizer).exists():
             raise ConfigError(f"config key 'data.tokenizer': {self.tokenizer} does not exist")
 
@@ -125,6 +168,15 @@ class RunConfig:
         train, data = TrainConfig(**train_raw), DataConfig(**data_raw)
         train.validate()
         data.validate()
+        for key in train.freeze + (train.lora or {}).get("parts", ["text_backbone"] if train.lora else []):
+            if getattr(model, key) is None:
+                raise ConfigError(f"config key 'train.freeze'/'train.lora' names {key}, but model.{key} is not set")
+        if any(getattr(model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+            from mirasol.pretrained import require_hf
+
+            require_hf("config keys model.text_backbone / video_backbone / audio_backbone")
+            if model.text_backbone and data.tokenizer:
+                raise ConfigError("config key 'data.tokenizer': a text backbone brings its own tokenizer; leave it unset")
         return cls(model, train, data)
 
 

@@ -5,7 +5,9 @@ tokenizer (trained on the training text), clip cache (decoding only clips not ye
 AdamW with warm-up + cosine, gradient accumulation and clipping, bf16 autocast where supported,
 periodic validation, metrics.jsonl, atomic checkpoints (resumable bit-for-bit on CPU), plots.
 Several processes: launch with `torchrun --nproc_per_node N -m mirasol.cli train ...`
-(gloo on CPU, NCCL on GPU); each process takes its share of every global batch.
+(gloo on CPU, NCCL on GPU); each process takes its share of every global batch. `train.strategy`
+ddp replicates the model, fsdp shards it (see train/distributed.py) and checkpoints it with
+torch.distributed.checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -27,25 +28,13 @@ from mirasol.config import ConfigError
 from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report, require_clips
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
 from mirasol.datasets.manifest import family, normalize_answer, read_manifest
-from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
+from mirasol.data.tokenizer import BackboneTokenizer, MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import predict
 from mirasol.model import IGNORE_INDEX, Mirasol
 from mirasol import run_dir
 from mirasol.train.config import RunConfig, load_run_config
+from mirasol.train.distributed import full_state_dict, setup_distributed, shard_model, unsharded_copy
 from mirasol.train.schedule import lr_factor
-
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
 
 
 def _barrier() -> None:
@@ -60,18 +49,31 @@ def _sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _autocast(run_cfg: RunConfig, device: torch.device):
+def _precision(run_cfg: RunConfig, device: torch.device) -> str:
     precision = run_cfg.train.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "bf16":
+    return precision
+
+
+def _autocast(run_cfg: RunConfig, device: torch.device):
+    if _precision(run_cfg, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def adamw_kernel(device: torch.device) -> dict:
+    """AdamW's implementation: fused (one kernel for all parameters) on CUDA; torch's default on
+    the CPU (its fused CPU kernel is ~4x faster per optimizer step but rounds differently, and
+    foreach is no faster there: benchmarks/adamw_cpu.py)."""
+    return {"fused": True} if device.type == "cuda" else {}
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen backbone weights
+            continue
         (decay if p.dim() >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -121,26 +123,34 @@ def _check_run_dir(out: Path, resume: bool) -> None:
 def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out: str | Path,
           resume: bool = False, progress: bool = True) -> dict:
     out = Path(out)
-    rank, world, device = setup_distributed()
-    main = rank == 0
     tc = run_cfg.train
+    rank, world, device = setup_distributed(tc.strategy)
+    main = rank == 0
+    fsdp = tc.strategy == "fsdp"
     if tc.batch_size % (world * tc.grad_accum):
         raise ConfigError(f"config key 'train.batch_size': batch_size={tc.batch_size} is not divisible by "
                           f"processes x grad_accum = {world} x {tc.grad_accum}")
     # --- everything that can fail cheaply, before any work ---------------------------------
+    if any(getattr(run_cfg.model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+        from mirasol.pretrained import resolve_config
+
+        run_cfg.model = resolve_config(run_cfg.model)  # vocabulary, specials, audio features from the folders
     train_samples = read_manifest(train_manifest)
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
     resume_from = run_dir.latest_checkpoint(out) if resume else None
     resumed = run_dir.load_train_state(resume_from) if resume_from else None  # a refused file stops us here
     max_len = run_cfg.data.max_text_len or run_cfg.model.max_text_len
-    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg.model)
+    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg.model,
+                                                                                              run_cfg.data.store)
 
     # --- run directory, tokenizer, cache (rank 0 prepares, the others wait) ---------------
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            if run_cfg.data.tokenizer:
+            if run_cfg.model.text_backbone:  # the LM's own tokenizer
+                tokenizer = BackboneTokenizer.load(run_cfg.model.text_backbone, run_cfg.model)
+            elif run_cfg.data.tokenizer:
                 tokenizer = MirasolTokenizer.load(run_cfg.data.tokenizer)
             else:
                 tokenizer = MirasolTokenizer.train(tokenizer_texts(train_samples + val_samples),
@@ -150,25 +160,47 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
                                   f"more than model.vocab_size={run_cfg.model.vocab_size}")
             run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples))
         manifests = [train_manifest] + ([val_manifest] if val_manifest else [])
-        report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress)
+        report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress,
+                         store=run_cfg.data.store)
         print_report(report, cache_dir)
         require_clips(report, train_manifest, cache_dir)
     _barrier()
     tokenizer, stats = run_dir.load_tokenizer(out), run_dir.load_train_stats(out)
-    cache = ClipCache(cache_dir, run_cfg.model)
+    cache = ClipCache(cache_dir, run_cfg.model, store=run_cfg.data.store)
     train_set = ClipDataset(train_samples, cache, tokenizer, max_len)
     val_set = ClipDataset(val_samples, cache, tokenizer, max_len) if val_samples else None
 
     # --- model and optimiser -------------------------------------------------------------------
     torch.manual_seed(tc.seed)
-    model = Mirasol(run_cfg.model).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
+    if any(getattr(run_cfg.model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
+        from mirasol.pretrained import build_model
+
+        model = build_model(run_cfg.model, tc.freeze, tc.lora).to(device)
+    else:
+        model = Mirasol(run_cfg.model).to(device)
+    if main:
+        trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                            sum(p.numel() for p in model.parameters()))
+        print(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f} %)",
+              file=sys.stderr)
+    model.set_activation_checkpointing(tc.activation_checkpointing)
+    if fsdp:
+        shard_model(model, device, bf16=_precision(run_cfg, device) == "bf16")
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas,
+                                  **adamw_kernel(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
     step = 0
     if resumed is not None:
-        run_dir.load_weights(model, resume_from / "model.safetensors", device)
-        optimizer.load_state_dict(resumed["optimizer"])
+        if run_dir.is_sharded(resume_from) != fsdp:
+            written = "train.strategy=fsdp" if run_dir.is_sharded(resume_from) else "train.strategy=ddp"
+            raise ConfigError(f"config key 'train.strategy': {resume_from} was written with {written}; resume with "
+                              f"that strategy (any number of processes works for fsdp)")
+        if fsdp:  # model and optimizer are in the sharded files
+            run_dir.load_sharded_checkpoint(resume_from, model, optimizer)
+        else:
+            run_dir.load_weights(model, resume_from / "model.safetensors", device)
+            optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         torch.set_rng_state(resumed["rng"])
         step = int(resumed["step"])
@@ -176,7 +208,9 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
             _truncate_metrics(out / "metrics.jsonl", step)
             print(f"resuming {out} from step {step}", file=sys.stderr)
     # find_unused_parameters: some parameters (mask token, gates) sit out depending on the config.
-    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) \
+        if world > 1 and not fsdp else model
+    forward = torch.compile(ddp) if tc.compile else ddp  # `model` stays uncompiled: its state dict keeps its names
 
     micro = tc.batch_size // world // tc.grad_accum
     batches = EpochBatches(len(train_set), tc.batch_size, tc.seed, start_batch=step, rank=rank, world=world,
@@ -203,9 +237,12 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
             total_tokens = _sum(torch.stack(counts).sum().float()).clamp(min=1)
             logged = torch.zeros(3, device=device)
             for i, p in enumerate(parts):
-                sync = ddp.no_sync() if world > 1 and i < len(parts) - 1 else nullcontext()
+                last_micro = i == len(parts) - 1
+                if fsdp:  # reduce-scatter the gradients only after the last micro-batch
+                    model.set_requires_gradient_sync(last_micro)
+                sync = ddp.no_sync() if world > 1 and not fsdp and not last_micro else nullcontext()
                 with sync, _autocast(run_cfg, device):
-                    out_ = ddp(p["video"], p["audio"], p["input_ids"], p["labels"], media_index=p["media_index"],
+                    out_ = forward(p["video"], p["audio"], p["input_ids"], p["labels"], media_index=p["media_index"],
                                chunk_mask=p["chunk_mask"])
                     text = out_.text_loss * counts[i] / total_tokens * world
                     latent = out_.latent_loss / tc.grad_accum
@@ -223,8 +260,8 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
                 bar.update(1)
                 row = {"step": step, "loss": logged[0].item(), "text_loss": logged[1].item(),
                        "latent_loss": logged[2].item(), "lr": scheduler.get_last_lr()[0]}
-                if grad_norm is not None:
-                    row["grad_norm"] = float(grad_norm)
+                if grad_norm is not None:  # a DTensor under fsdp (already reduced over processes)
+                    row["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
                 if step % tc.log_every == 0 or step == tc.max_steps:
                     elapsed = time.perf_counter() - tick
                     row["samples_per_s"] = seen / max(elapsed, 1e-9)
@@ -233,18 +270,29 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
                                     latent=f"{row['latent_loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
                     _log(metrics, writer, row)
             evaluate_now = val_set is not None and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps)
+            save_now = step % tc.save_every == 0 or step == tc.max_steps
+            # fsdp: every process takes part in gathering the whole model (rank 0 receives it, on the CPU)
+            full = full_state_dict(model) if fsdp and (evaluate_now or (save_now and (
+                tc.save_consolidated or step == tc.max_steps))) else None
             if evaluate_now and main:
-                val = validate(model, val_set, tokenizer, stats, run_cfg, device, tc.eval_samples)
+                eval_model = unsharded_copy(run_cfg.model, full, device) if fsdp else model
+                val = validate(eval_model, val_set, tokenizer, stats, run_cfg, device, tc.eval_samples)
+                del eval_model
                 _log(metrics, writer, {"step": step, **val})
                 bar.write(f"step {step}: val text loss {val['val_text_loss']:.4f}, "
                           f"val accuracy {val['val_accuracy']:.3f} ({val['val_samples']} samples)")
                 summary.update(val)
-            if step % tc.save_every == 0 or step == tc.max_steps:
-                if main:
-                    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "rng": torch.get_rng_state()}
+            if save_now:
+                state = {"step": step, "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+                if fsdp:  # the optimizer's state is sharded with the model, in the DCP files
+                    keep_full = full if (tc.save_consolidated or step == tc.max_steps) else None
+                    run_dir.save_sharded_checkpoint(out, model, optimizer, run_cfg.to_dict(), state, step,
+                                                    tc.keep_checkpoints, full_state=keep_full)
+                elif main:
+                    state["optimizer"] = optimizer.state_dict()
                     run_dir.save_checkpoint(out, model, run_cfg.to_dict(), state, step, tc.keep_checkpoints)
                 _barrier()
+            del full
     finally:
         bar.close()
         if metrics:

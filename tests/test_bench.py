@@ -101,3 +101,18 @@ def test_store_smoke(tmp_path):
     assert set(r["loader"]) == {"tiny/h264/w1", "tiny/none/w1"}
     assert all(v["samples_per_s"] > 0 for v in r["loader"].values())
     json.dumps(r)
+
+
+def test_long_smoke():
+    """`bench long` at toy sizes: every case runs in its own process and reports time and peak RSS;
+    the windowed stream's cache stops growing at (window - 1) chunks."""
+    r = bench.bench_long(frames=(6,), preset="tiny", window=2, repeats=1, quiet=True)
+    assert set(r["results"]) == {f"{v}/6" for v in bench.LONG_VARIANTS}
+    for v in r["results"].values():
+        assert v["median_s"] > 0 and v["ms_per_frame"] > 0, v
+        assert v["peak_rss_mb"] > 0 and v["peak_above_start_mb"] is not None
+    m = MirasolConfig.preset("tiny").combiner_tokens
+    assert r["results"]["stream/6"]["cache_tokens_per_layer"] == 3 * m  # 6 frames = 3 chunks, all cached
+    assert r["results"]["stream_window/6"]["cache_tokens_per_layer"] == m  # the last W - 1 = 1 chunk
+    assert "unchunked_over_batch_6" in r["summary"] and r["results"]["batch/6"]["cpu_ms_per_frame"] > 0
+    json.dumps(r)

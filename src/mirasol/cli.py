@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", nargs="?", default=None, help="question; leave out for a caption")
     p.add_argument("--start", type=float, default=None, help="start second")
     p.add_argument("--end", type=float, default=None, help="end second")
+    p.add_argument("--whole", action="store_true",
+                   help="stream the whole video (or --start to --end) chunk by chunk and answer about all of it")
+    p.add_argument("--at", default=None, metavar="SECONDS",
+                   help="stream the video and answer after each of these seconds, e.g. --at 30,60,90")
+    p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
+                   help="with --whole/--at: the AV model attends to the last CHUNKS chunks only (bounded memory)")
 
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][2], description=COMMANDS["quickstart"][2])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")

@@ -28,6 +28,14 @@ def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, au
     if media_index is not None:
         memory = memory[media_index]
         memory_mask = None if memory_mask is None else memory_mask[media_index]
+    return predict_from_memory(model, tokenizer, memory, prompt_ids, samples, labels, max_new_tokens, memory_mask)
+
+
+@torch.no_grad()
+def predict_from_memory(model: Mirasol, tokenizer: MirasolTokenizer, memory: torch.Tensor, prompt_ids: torch.Tensor,
+                        samples: list[Sample], labels: list[str] | None = None, max_new_tokens: int = 24,
+                        memory_mask: torch.Tensor | None = None) -> list[str]:
+    """`predict` from latents already computed (memory [B, M, av_dim], e.g. a stream's), one row each."""
     from mirasol.model.generation import generate, score_candidates
 
     cfg = model.cfg

@@ -15,10 +15,20 @@ from mirasol.config import MirasolConfig
 from mirasol.model.layers import EMBED_STD, Block
 
 
-def block_causal_mask(num_chunks: int, tokens_per_chunk: int, device=None) -> torch.Tensor:
-    """[T*m, T*m] bool, True where query token i may attend to key token j (chunk(j) <= chunk(i))."""
+def block_causal_mask(num_chunks: int, tokens_per_chunk: int, device=None, window: int | None = None) -> torch.Tensor:
+    """[T*m, T*m] bool, True where query token i may attend to key token j (chunk(j) <= chunk(i)).
+    With `window` W, only the last W chunks: chunk(i) - W < chunk(j) <= chunk(i)."""
     chunk = torch.arange(num_chunks * tokens_per_chunk, device=device) // tokens_per_chunk
-    return chunk[:, None] >= chunk[None, :]
+    mask = chunk[:, None] >= chunk[None, :]
+    if window is not None:
+        mask &= chunk[:, None] - chunk[None, :] < window
+    return mask
+
+
+def check_window(window: int | None) -> int | None:
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"max_context_chunks must be a positive whole number of chunks or None, got {window!r}")
+    return window
 
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -41,19 +51,39 @@ class AVModel(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.predictor = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z: combiner outputs [B, T, m, D] -> latents h [B, T, m, D]."""
+    def embed(self, z: torch.Tensor, first_chunk: int = 0) -> torch.Tensor:
+        """Add chunk-index (sinusoidal, from `first_chunk` on) and within-chunk positions."""
+        t, d = z.shape[1], z.shape[-1]
+        chunk_pos = sinusoidal(torch.arange(first_chunk, first_chunk + t, device=z.device), d)
+        return z + chunk_pos[:, None].to(z.dtype) + self.token_pos
+
+    def forward(self, z: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """z: combiner outputs [B, T, m, D] -> latents h [B, T, m, D]. `window` W: each chunk
+        attends only to the last W chunks (itself included), as a stream with that window does."""
         b, t, m, d = z.shape
         x = z
         if self.training and self.mask_ratio > 0:
             drop = torch.rand(b, t, m, 1, device=z.device) < self.mask_ratio
             x = torch.where(drop, self.mask_token.to(x.dtype), x)
-        x = x + sinusoidal(torch.arange(t, device=z.device), d)[:, None].to(x.dtype) + self.token_pos
-        x = x.reshape(b, t * m, d)
-        mask = block_causal_mask(t, m, z.device)
+        x = self.embed(x).reshape(b, t * m, d)
+        mask = block_causal_mask(t, m, z.device, check_window(window))
         for block in self.blocks:
             x = block(x, mask=mask)
         return self.norm(x).reshape(b, t, m, d)
+
+    def step(self, z: torch.Tensor, index: int, caches: list[dict], window: int | None = None) -> torch.Tensor:
+        """One chunk of a stream: z [B, m, D] is chunk number `index`; `caches` (one dict per
+        block) hold the keys/values of earlier chunks and grow by this one. -> latents [B, m, D].
+        Its tokens see all cached chunks and each other, which is exactly the block-causal mask.
+        With `window` W the caches are trimmed to the last W - 1 chunks afterwards, so memory stays
+        bounded; the next chunk then sees the same keys as under the windowed mask of `forward`."""
+        x = self.embed(z[:, None], first_chunk=index)[:, 0]
+        for block, cache in zip(self.blocks, caches):
+            x = block(x, cache=cache)
+            if window is not None:
+                start = max(cache["k"].shape[2] - (window - 1) * self.m, 0)
+                cache["k"], cache["v"] = cache["k"][:, :, start:], cache["v"][:, :, start:]
+        return self.norm(x)
 
     def latent_loss(self, h: torch.Tensor, z: torch.Tensor, chunk_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Predict chunk t+1's combiner features from the latents of chunk t (target detached).

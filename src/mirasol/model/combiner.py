@@ -66,6 +66,14 @@ class TransformerCombiner(nn.Module):
         x = torch.cat([x, self.queries + self.summaries(x)], dim=1)
         return self.encoder(x)[:, n:].reshape(b, t, self.m, d)
 
+    # Streaming interface shared with TTMCombiner: this combiner carries no state between chunks.
+    def init_state(self, batch: int) -> None:
+        return None
+
+    def step(self, chunk: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
+        """One chunk's tokens [B, N, D] -> ([B, m, D], state)."""
+        return self.forward(chunk[:, None])[:, 0], state
+
 
 class TokenLearner(nn.Module):
     """Summarise N tokens into S: S attention maps over the N inputs, each a weighted average."""
@@ -92,16 +100,26 @@ class TTMCombiner(nn.Module):
         self.write = TokenLearner(d, cfg.ttm_memory_tokens)
         self.emit = TokenLearner(d, cfg.combiner_tokens) if cfg.ttm_read_tokens != cfg.combiner_tokens else None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, t, _, _ = tokens.shape
-        memory = self.memory_init.expand(b, -1, -1)
+    def init_state(self, batch: int) -> torch.Tensor:
+        """The memory before the first chunk: [B, k, D]."""
+        return self.memory_init.expand(batch, -1, -1)
+
+    def step(self, chunk: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk's tokens [B, N, D] and the memory so far -> (outputs [B, m, D], new memory).
+        `forward` runs this over the chunks in order; a stream calls it as chunks arrive."""
         mem_role, in_role, out_role = self.role
+        chunk = chunk + in_role
+        processed = self.process(self.read(torch.cat([memory + mem_role, chunk], dim=1)))
+        out = processed if self.emit is None else self.emit(processed)
+        memory = self.write(torch.cat([memory + mem_role, chunk, processed + out_role], dim=1))
+        return out, memory
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        memory = self.init_state(tokens.shape[0])
         outputs = []
-        for i in range(t):
-            chunk = tokens[:, i] + in_role
-            processed = self.process(self.read(torch.cat([memory + mem_role, chunk], dim=1)))
-            outputs.append(processed if self.emit is None else self.emit(processed))
-            memory = self.write(torch.cat([memory + mem_role, chunk, processed + out_role], dim=1))
+        for i in range(tokens.shape[1]):
+            out, memory = self.step(tokens[:, i], memory)
+            outputs.append(out)
         return torch.stack(outputs, dim=1)
 
 

@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from mirasol.model.combiner import build_combiner
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.layers import EMBED_STD, Block
 from mirasol.model.text_decoder import TextDecoder
+
+if TYPE_CHECKING:
+    from mirasol.model.stream import MediaStream
 
 IGNORE_INDEX = -100
 
@@ -125,18 +129,31 @@ class Mirasol(nn.Module):
                 nn.init.zeros_(module.bias)
 
     # --- audio-video part -------------------------------------------------------------------
-    def combine(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """Encode each chunk independently and fuse it: -> combiner features z [B, T, m, D]."""
-        video_chunks, audio_chunks = split_chunks(video, audio, self.cfg)
+    def chunk_tokens(self, video_chunks: torch.Tensor, audio_chunks: torch.Tensor) -> torch.Tensor:
+        """Encode each chunk independently: video [B, T, f, 3, S, S], audio [B, T, n_mels, a] ->
+        the combiner's input tokens [B, T, N, D] (video then audio, with modality embeddings)."""
         b, t = video_chunks.shape[:2]
         v = self.video_proj(self.video_encoder(video_chunks.flatten(0, 1))) + self.modality[0]
         a = self.audio_proj(self.audio_encoder(audio_chunks.flatten(0, 1))) + self.modality[1]
         tokens = torch.cat([v, a], dim=1)
-        return self.combiner(tokens.reshape(b, t, *tokens.shape[1:]))
+        return tokens.reshape(b, t, *tokens.shape[1:])
 
-    def encode_media(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """AV latents h [B, T, m, D]; latents of chunk t depend only on chunks <= t."""
-        return self.av_model(self.combine(video, audio))
+    def combine(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Encode each chunk independently and fuse it: -> combiner features z [B, T, m, D]."""
+        return self.combiner(self.chunk_tokens(*split_chunks(video, audio, self.cfg)))
+
+    def encode_media(self, video: torch.Tensor, audio: torch.Tensor, max_context_chunks: int | None = None) -> torch.Tensor:
+        """AV latents h [B, T, m, D]; latents of chunk t depend only on chunks <= t. Any number of
+        chunks T works (chunk-index positions are sinusoidal). `max_context_chunks` W: the AV
+        model's attention sees only the last W chunks, as `stream(max_context_chunks=W)` does."""
+        return self.av_model(self.combine(video, audio), window=max_context_chunks)
+
+    def stream(self, max_context_chunks: int | None = None) -> "MediaStream":
+        """A streaming session: `push` chunks one at a time (constant cost per chunk), then
+        `generate` / `score_candidates` about everything pushed so far. See model/stream.py."""
+        from mirasol.model.stream import MediaStream
+
+        return MediaStream(self, max_context_chunks)
 
     # --- training -----------------------------------------------------------------------------
     def forward(self, video, audio, input_ids, labels=None, attention_mask=None, media_index=None,
@@ -178,19 +195,21 @@ class Mirasol(nn.Module):
         return chunk_mask.bool().repeat_interleave(self.cfg.combiner_tokens, dim=1)
 
     # --- inference ----------------------------------------------------------------------------
-    def generate(self, video, audio, prompt_ids, max_new_tokens: int = 16, chunk_mask=None, **kwargs) -> torch.Tensor:
+    def generate(self, video, audio, prompt_ids, max_new_tokens: int = 16, chunk_mask=None,
+                 max_context_chunks: int | None = None, **kwargs) -> torch.Tensor:
         """Answer tokens [B, n] (ending in EOS, then padding). kwargs: do_sample, temperature,
         top_k, top_p, num_beams, length_penalty, use_cache, generator."""
         with torch.no_grad():
-            memory = self.encode_media(video, audio).flatten(1, 2)
+            memory = self.encode_media(video, audio, max_context_chunks).flatten(1, 2)
         return generation.generate(self.text_decoder, memory, prompt_ids, max_new_tokens,
                                    pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
                                    memory_mask=self.memory_mask(chunk_mask), **kwargs)
 
-    def score_candidates(self, video, audio, prompt_ids, candidate_ids, chunk_mask=None, **kwargs) -> torch.Tensor:
+    def score_candidates(self, video, audio, prompt_ids, candidate_ids, chunk_mask=None,
+                         max_context_chunks: int | None = None, **kwargs) -> torch.Tensor:
         """Log-likelihood [B, C] of each candidate answer (see generation.score_candidates)."""
         with torch.no_grad():
-            memory = self.encode_media(video, audio).flatten(1, 2)
+            memory = self.encode_media(video, audio, max_context_chunks).flatten(1, 2)
         return generation.score_candidates(self.text_decoder, memory, prompt_ids, candidate_ids,
                                            pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
                                            memory_mask=self.memory_mask(chunk_mask), **kwargs)

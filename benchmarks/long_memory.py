@@ -6,9 +6,12 @@ the colour; the answer prior is 25 %. The tiny preset is trained on short clips 
 few long ones (16 chunks), then evaluated on 32-chunk clips (longer than anything seen in
 training) with the flash d chunks before the end, for d in DISTANCES, with the full block-causal
 AV model and with a window of W chunks. The text decoder reads the latents of every chunk, as
-`mirasol ask --whole` does.
+`mirasol ask --whole` does. With `--read last` the decoder reads only the last chunk's latents
+(in training and evaluation), so the answer must reach it through the AV model's attention over
+earlier chunks or through the TTM memory: that variant measures memory.
 
     PYTHONPATH=src python benchmarks/long_memory.py --steps 300 --out long_memory.json
+    PYTHONPATH=src python benchmarks/long_memory.py --steps 300 --read last --out long_memory_last.json
 
 Tensors are made directly (no mp4 files), so the experiment measures the model, not decoding.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -54,15 +58,22 @@ def make_batch(cfg: MirasolConfig, chunks: int, batch: int, g: torch.Generator, 
 
 @torch.no_grad()
 def accuracy(model: Mirasol, cfg: MirasolConfig, chunks: int, distance: int, window: int | None,
-             n: int, seed: int) -> float:
+             n: int, seed: int, read: str = "all") -> float:
     g = torch.Generator().manual_seed(seed)
     video, audio, _, _, colour = make_batch(cfg, chunks, n, g, distance)
     prompt = torch.tensor([PROMPT] * n)
-    scores = model.score_candidates(video, audio, prompt, [[[x] for x in ANSWERS]] * n, max_context_chunks=window)
+    scores = model.score_candidates(video, audio, prompt, [[[x] for x in ANSWERS]] * n, max_context_chunks=window,
+                                    chunk_mask=last_only(n, chunks) if read == "last" else None)
     return (scores.argmax(-1) == colour).float().mean().item()
 
 
-def run(combiner: str, steps: int, batch: int, long_every: int, window: int, eval_n: int, seed: int) -> dict:
+def last_only(batch: int, chunks: int) -> torch.Tensor:
+    """chunk_mask letting the decoder read the last chunk's latents only."""
+    return torch.arange(chunks).expand(batch, chunks) == chunks - 1
+
+
+def run(combiner: str, steps: int, batch: int, long_every: int, window: int, eval_n: int, seed: int,
+        read: str = "all") -> dict:
     torch.manual_seed(seed)
     cfg = MirasolConfig.preset("tiny", combiner=combiner, latent_loss_weight=0.1)
     model = Mirasol(cfg)
@@ -76,7 +87,17 @@ def run(combiner: str, steps: int, batch: int, long_every: int, window: int, eva
         lr = 3e-4 * min(1.0, (step + 1) / 50)
         for group in opt.param_groups:
             group["lr"] = lr
-        out = model(video, audio, ids, labels)
+        if read == "last":  # the decoder reads the last chunk; the latent loss still covers every chunk
+            z = model.combine(video, audio)
+            h = model.av_model(z)
+            hidden = model.text_decoder(ids, memory=h[:, -1], attention_mask=ids != cfg.pad_token_id)
+            logits = model.text_decoder.logits(hidden)
+            text_loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                                          ignore_index=IGNORE_INDEX)
+            out = SimpleNamespace(text_loss=text_loss, loss=text_loss + cfg.latent_loss_weight
+                                  * model.av_model.latent_loss(h, z))
+        else:
+            out = model(video, audio, ids, labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -87,9 +108,9 @@ def run(combiner: str, steps: int, batch: int, long_every: int, window: int, eva
     table = {}
     for w in (None, window):
         name = "full" if w is None else f"window{w}"
-        table[name] = {str(d): accuracy(model, cfg, 32, d, w, eval_n, seed + 100 + d) for d in DISTANCES}
-    short = {str(d): accuracy(model, cfg, 4, d, None, eval_n, seed + 200 + d) for d in (0, 3)}
-    return {"combiner": combiner, "steps": steps, "batch": batch, "train_s": train_s,
+        table[name] = {str(d): accuracy(model, cfg, 32, d, w, eval_n, seed + 100 + d, read) for d in DISTANCES}
+    short = {str(d): accuracy(model, cfg, 4, d, None, eval_n, seed + 200 + d, read) for d in (0, 3)}
+    return {"combiner": combiner, "read": read, "steps": steps, "batch": batch, "train_s": train_s,
             "final_text_loss": sum(losses[-20:]) / min(20, len(losses)), "short_4_chunks": short,
             "long_32_chunks": table}
 
@@ -103,11 +124,13 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--combiners", default="transformer,ttm")
+    p.add_argument("--read", choices=["all", "last"], default="all",
+                   help="the decoder reads every chunk's latents (all) or only the last chunk's (last)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     results = []
     for combiner in args.combiners.split(","):
-        r = run(combiner, args.steps, args.batch, args.long_every, args.window, args.eval_n, args.seed)
+        r = run(combiner, args.steps, args.batch, args.long_every, args.window, args.eval_n, args.seed, args.read)
         results.append(r)
         print(json.dumps(r), flush=True)
     print(f"\naccuracy on 32-chunk clips by distance of the flash from the end (chunks); prior 0.25, "

@@ -242,8 +242,13 @@ def test_padded_chunks_are_invisible_with_a_chunk_mask(combiner):
     s2 = model.score_candidates(other_video, other_audio, prompts, cands, chunk_mask=mask)
     torch.testing.assert_close(s1[0], s2[0], atol=1e-4, rtol=1e-5)
     assert not torch.allclose(s1[1], s2[1], atol=1e-5)
-    with pytest.raises(ValueError, match="num_chunks=4"):
+    with pytest.raises(ValueError, match=r"chunk_mask must be \[B, 4\]"):
         model(video, audio, ids, labels, chunk_mask=mask[:, :3])
+    # a video longer than the trained clip (more chunks) takes a chunk_mask of its own length
+    long_video, long_audio = torch.cat([video, video], 1), torch.cat([audio, audio], 2)
+    long_mask = torch.cat([mask, torch.zeros_like(mask)], 1)  # the added chunks hidden from the decoder
+    s3 = model.score_candidates(long_video, long_audio, prompts, cands, chunk_mask=long_mask)
+    assert s3.shape == s1.shape and torch.isfinite(s3).all()
 
 
 @pytest.mark.parametrize("kind", ["mse", "cosine"])

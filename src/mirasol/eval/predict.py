@@ -24,7 +24,7 @@ def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, au
             chunk_mask: torch.Tensor | None = None) -> list[str]:
     """media_index [B]: row i asks about clip media_index[i] of video/audio (see `collate`);
     chunk_mask [clips, T]: False for chunks that are only padding."""
-    memory, memory_mask = model.encode_media(video, audio).flatten(1, 2), model.memory_mask(chunk_mask)
+    memory, memory_mask = model.encode_media(video, audio).flatten(1, 2), model.memory_mask(chunk_mask, video)
     if media_index is not None:
         memory = memory[media_index]
         memory_mask = None if memory_mask is None else memory_mask[media_index]

@@ -164,7 +164,7 @@ class Mirasol(nn.Module):
         several questions about one clip share its encoding; without it row i is clip i.
         chunk_mask [clips, T] (optional): False for chunks that are only padding (a clip shorter
         than the window); the text decoder does not attend to them and the latent loss skips them."""
-        memory_mask = self.memory_mask(chunk_mask)
+        memory_mask = self.memory_mask(chunk_mask, video)
         chunk_mask = None if memory_mask is None else chunk_mask
         z = self.combine(video, audio)
         h = self.av_model(z)
@@ -184,12 +184,14 @@ class Mirasol(nn.Module):
         loss = self.cfg.text_loss_weight * text_loss + self.cfg.latent_loss_weight * latent_loss
         return MirasolOutput(loss, text_loss, latent_loss, logits)
 
-    def memory_mask(self, chunk_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """chunk_mask [B, T] -> a mask over the decoder's memory [B, T * m] (m latents per chunk)."""
+    def memory_mask(self, chunk_mask: torch.Tensor | None, video: torch.Tensor | None = None) -> torch.Tensor | None:
+        """chunk_mask [B, T] -> a mask over the decoder's memory [B, T * m] (m latents per chunk).
+        T is the number of chunks of `video` (any length), or cfg.num_chunks without it."""
         if chunk_mask is None:
             return None
-        if chunk_mask.shape[-1] != self.cfg.num_chunks:
-            raise ValueError(f"chunk_mask must be [B, num_chunks={self.cfg.num_chunks}], got {list(chunk_mask.shape)}")
+        chunks = self.cfg.num_chunks if video is None else video.shape[1] // self.cfg.frames_per_chunk
+        if chunk_mask.shape[-1] != chunks:
+            raise ValueError(f"chunk_mask must be [B, {chunks}] (one per chunk of the video), got {list(chunk_mask.shape)}")
         if chunk_mask.all():
             return None  # nothing to hide: the unmasked path (and SDPA's fastest kernels)
         return chunk_mask.bool().repeat_interleave(self.cfg.combiner_tokens, dim=1)
@@ -203,7 +205,7 @@ class Mirasol(nn.Module):
             memory = self.encode_media(video, audio, max_context_chunks).flatten(1, 2)
         return generation.generate(self.text_decoder, memory, prompt_ids, max_new_tokens,
                                    pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
-                                   memory_mask=self.memory_mask(chunk_mask), **kwargs)
+                                   memory_mask=self.memory_mask(chunk_mask, video), **kwargs)
 
     def score_candidates(self, video, audio, prompt_ids, candidate_ids, chunk_mask=None,
                          max_context_chunks: int | None = None, **kwargs) -> torch.Tensor:
@@ -212,7 +214,7 @@ class Mirasol(nn.Module):
             memory = self.encode_media(video, audio, max_context_chunks).flatten(1, 2)
         return generation.score_candidates(self.text_decoder, memory, prompt_ids, candidate_ids,
                                            pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
-                                           memory_mask=self.memory_mask(chunk_mask), **kwargs)
+                                           memory_mask=self.memory_mask(chunk_mask, video), **kwargs)
 
     # --- bookkeeping --------------------------------------------------------------------------
     def set_activation_checkpointing(self, enabled: bool = True) -> None:

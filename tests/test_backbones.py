@@ -1,4 +1,4 @@
-"""Pretrained backbones from local Hugging Face folders: tiny random GPT-2 / Llama / ViT / Whisper
+"""Pretrained backbones from local Hugging Face folders: tiny random GPT-2 / Llama / Qwen2 / ViT / Whisper
 models saved to temporary folders (no network), used through the model, `mirasol train` and
 `mirasol ask`. Needs the `hf` extra (CI installs it); the first test checks the core without it."""
 
@@ -81,6 +81,17 @@ def llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen2")
+    vocab = _tokenizer(folder)
+    torch.manual_seed(5)
+    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
+    return _save(transformers.Qwen2ForCausalLM(cfg), folder)
+
+
+@pytest.fixture(scope="module")
 def vit(tmp_path_factory):
     torch.manual_seed(3)
     cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
@@ -98,7 +109,7 @@ def whisper(tmp_path_factory):
     return _save(transformers.WhisperModel(cfg), tmp_path_factory.mktemp("whisper"))
 
 
-@pytest.mark.parametrize("lm", ["gpt2", "llama"])
+@pytest.mark.parametrize("lm", ["gpt2", "llama", "qwen2"])
 def test_closed_gates_give_the_plain_lm_logits(lm, request):
     folder = request.getfixturevalue(lm)
     cfg = resolve_config(MirasolConfig.preset("tiny", text_backbone=str(folder)))
@@ -118,7 +129,7 @@ def test_closed_gates_give_the_plain_lm_logits(lm, request):
         assert not torch.allclose(model(video, audio, ids).logits[..., :lm_vocab], theirs)
 
 
-@pytest.mark.parametrize("lm", ["gpt2", "llama"])
+@pytest.mark.parametrize("lm", ["gpt2", "llama", "qwen2"])
 def test_generation_with_the_lm_cache(lm, request):
     folder = request.getfixturevalue(lm)
     cfg = resolve_config(MirasolConfig.preset("tiny", text_backbone=str(folder), cross_attn_every=2))

@@ -69,26 +69,26 @@ def gpt2(tmp_path_factory):
     return _save(transformers.GPT2LMHeadModel(cfg), folder)
 
 
+def _llama_like(folder, config_cls, model_cls, seed: int, tie: bool):
+    """A 2-layer Llama-family LM (grouped-query attention, RoPE) saved to `folder` with a tokenizer."""
+    vocab = _tokenizer(folder)
+    torch.manual_seed(seed)
+    cfg = config_cls(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                     bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie)
+    return _save(model_cls(cfg), folder)
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    vocab = _tokenizer(folder)
-    torch.manual_seed(2)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
-    return _save(transformers.LlamaForCausalLM(cfg), folder)
+    return _llama_like(tmp_path_factory.mktemp("llama"), transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                       seed=2, tie=False)
 
 
 @pytest.fixture(scope="module")
 def qwen2(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qwen2")
-    vocab = _tokenizer(folder)
-    torch.manual_seed(5)
-    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
-    return _save(transformers.Qwen2ForCausalLM(cfg), folder)
+    return _llama_like(tmp_path_factory.mktemp("qwen2"), transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+                       seed=5, tie=True)
 
 
 @pytest.fixture(scope="module")

@@ -85,30 +85,35 @@ def _hann(win_length: int) -> torch.Tensor:
     return torch.hann_window(win_length, periodic=True, dtype=torch.float32)
 
 
-def log_mel(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torch.Tensor:
-    """Normalised log-mel spectrogram of mono audio at cfg.sample_rate.
-
-    waveform: [..., samples] float (numpy or torch). Returns float32 [..., cfg.n_mels, frames]."""
+def _centred_power(waveform, hop: int, win: int, n_fft: int, num_frames: int | None) -> tuple[int, torch.Tensor]:
+    """(frames, |STFT|^2 [..., n_fft // 2 + 1, frames]): frame j centred on sample j * hop, the signal
+    zero-padded (silence) outside the given samples; len // hop frames unless num_frames says."""
     x = torch.as_tensor(waveform, dtype=torch.float32)
-    hop, win = cfg.hop_length, cfg.win_length
-    n_fft = fft_size(win)
     frames = x.shape[-1] // hop if num_frames is None else num_frames
     if frames <= 0:
-        return torch.full((*x.shape[:-1], cfg.n_mels, 0), SILENCE)
+        return frames, torch.zeros(*x.shape[:-1], n_fft // 2 + 1, 0)
     # Frame j reads padded[j*hop : j*hop + n_fft] = samples centred on j*hop.
     needed = (frames - 1) * hop + n_fft
     left = n_fft // 2
     x = x[..., :needed - left]
     x = torch.nn.functional.pad(x, (left, needed - left - x.shape[-1]))
-    lead = x.shape[:-1]
-    window = _hann(win)
-    spec = torch.stft(x.reshape(-1, needed), n_fft, hop_length=hop, win_length=win, window=window,
+    spec = torch.stft(x.reshape(-1, needed), n_fft, hop_length=hop, win_length=win, window=_hann(win),
                       center=False, return_complex=True)
     power = spec.real.square() + spec.imag.square()
-    power /= window.square().sum()
+    return frames, power.reshape(*x.shape[:-1], *power.shape[-2:])
+
+
+def log_mel(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torch.Tensor:
+    """Normalised log-mel spectrogram of mono audio at cfg.sample_rate.
+
+    waveform: [..., samples] float (numpy or torch). Returns float32 [..., cfg.n_mels, frames]."""
+    n_fft = fft_size(cfg.win_length)
+    frames, power = _centred_power(waveform, cfg.hop_length, cfg.win_length, n_fft, num_frames)
+    if frames <= 0:
+        return torch.full((*power.shape[:-2], cfg.n_mels, 0), SILENCE)
+    power = power / _hann(cfg.win_length).square().sum()
     mel = torch.matmul(mel_filterbank(cfg.sample_rate, n_fft, cfg.n_mels), power)
-    out = (torch.log(mel + LOG_FLOOR) - LOG_MEL_SHIFT) / LOG_MEL_SCALE
-    return out.reshape(*lead, cfg.n_mels, frames)
+    return (torch.log(mel + LOG_FLOOR) - LOG_MEL_SHIFT) / LOG_MEL_SCALE
 
 
 # --- Whisper's own log-mel (for `audio_backbone`, audio_features='whisper') ---------------------
@@ -150,21 +155,11 @@ def slaney_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor
 
 def whisper_log_mel(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torch.Tensor:
     """Raw log10 Whisper mel [..., cfg.n_mels, frames] of mono audio at cfg.sample_rate (16 kHz)."""
-    x = torch.as_tensor(waveform, dtype=torch.float32)
-    hop, n_fft = cfg.hop_length, cfg.win_length
-    frames = x.shape[-1] // hop if num_frames is None else num_frames
+    frames, power = _centred_power(waveform, cfg.hop_length, cfg.win_length, cfg.win_length, num_frames)
     if frames <= 0:
-        return torch.full((*x.shape[:-1], cfg.n_mels, 0), WHISPER_SILENCE)
-    needed = (frames - 1) * hop + n_fft
-    left = n_fft // 2
-    x = x[..., :needed - left]
-    x = torch.nn.functional.pad(x, (left, needed - left - x.shape[-1]))
-    lead = x.shape[:-1]
-    spec = torch.stft(x.reshape(-1, needed), n_fft, hop_length=hop, win_length=n_fft, window=_hann(n_fft),
-                      center=False, return_complex=True)
-    power = spec.real.square() + spec.imag.square()
-    mel = torch.matmul(slaney_filterbank(cfg.sample_rate, n_fft, cfg.n_mels), power)
-    return torch.log10(mel.clamp(min=WHISPER_FLOOR)).reshape(*lead, cfg.n_mels, frames)
+        return torch.full((*power.shape[:-2], cfg.n_mels, 0), WHISPER_SILENCE)
+    mel = torch.matmul(slaney_filterbank(cfg.sample_rate, cfg.win_length, cfg.n_mels), power)
+    return torch.log10(mel.clamp(min=WHISPER_FLOOR))
 
 
 def audio_features(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torch.Tensor:

@@ -140,6 +140,9 @@ class _AudioBlocks:
         self.stream = container.add_stream("aac", rate=self.rate)
         self.stream.layout = self.layout
         self.stream.codec_context.bit_rate = 128_000
+        # FFmpeg's "fast" AAC coder: ~3x faster than its default (twoloop), which was most of the
+        # built-in world's synthesis time; the tiny preset's log-mel moves by ~0.005 on average.
+        self.stream.codec_context.options = {"aac_coder": "fast"}
         self.next = 0  # first sample not yet encoded
 
     def write_until(self, seconds: float) -> None:

@@ -80,6 +80,8 @@ def test_quickstart_runs_the_whole_journey_small(tmp_path, capsys):
     assert saved["n"] == report["n"] > 0 and "by_type" in saved and "answer_prior" in saved["baselines"]
     out = capsys.readouterr().out
     assert "all" in out and "mirasol ask --run" in out
+    assert set(report["phase_seconds"]) == {"synth", "prepare + train", "evaluate"}
+    assert "prepare + train" in out and all(v >= 0 for v in report["phase_seconds"].values())
 
 
 def test_a_run_trained_with_uniform_windows_is_evaluated_and_asked_with_them(tmp_path, capsys):

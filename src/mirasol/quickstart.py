@@ -21,27 +21,32 @@ def quickstart(out: str | Path = "quickstart", num: int = QUICKSTART_CLIPS, over
 
     out = Path(out)
     began = time.perf_counter()
+    seconds: dict[str, float] = {}  # wall time per phase: where the quickstart's minutes go
     data = out / "data"
     print(f"[1/3] writing the built-in audio-visual dataset to {data}", file=sys.stderr)
     if not (data / "test.jsonl").exists():
         synthesize(data, num=num, seed=seed)
+    seconds["synth"] = time.perf_counter() - began
     run_cfg = load_run_config("tiny", list(overrides))
     run = out / "run"
     resume = (run / "checkpoints").exists()
     print(f"[2/3] training the tiny model in {run}" + (" (resuming)" if resume else ""), file=sys.stderr)
     if not resume or _steps_done(run) < run_cfg.train.max_steps:
         train(run_cfg, str(data / "train.jsonl"), str(data / "val.jsonl"), run, resume=resume, progress=progress)
+    seconds["prepare + train"] = time.perf_counter() - began - sum(seconds.values())
     print("[3/3] evaluating on the test split", file=sys.stderr)
     report = evaluate(run, data / "test.jsonl", out / "report.json", progress=progress)
+    seconds["evaluate"] = time.perf_counter() - began - sum(seconds.values())
     minutes = (time.perf_counter() - began) / 60
     print(format_table(report))
-    print(f"\nwall time {minutes:.1f} min; report: {out / 'report.json'}")
+    print(f"\nwall time {minutes:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+          + f"); report: {out / 'report.json'}")
     example = json.loads((data / "test.jsonl").read_text().splitlines()[0])
     video = (data / example["video"]).resolve()
     print("\nask the trained model about a video:")
     print(f'  mirasol ask --run {run} {video} "{example.get("question") or "what shape is the object?"}"')
     print(f"  mirasol ask --run {run} {video}        # no question: a caption")
-    report["wall_minutes"] = minutes
+    report["wall_minutes"], report["phase_seconds"] = minutes, seconds
     return report
 
 

@@ -1,5 +1,6 @@
 """`prepare` / the clip cache and the dataset built on it."""
 
+import collections
 import json
 from pathlib import Path
 
@@ -153,3 +154,12 @@ def test_epoch_batches_keep_questions_about_one_clip_together():
     assert batches.batch(5) != epoch[0]  # the next epoch is ordered afresh
     with pytest.raises(ValueError, match="clip id"):
         EpochBatches(40, 8, seed=1, questions_per_clip=3)
+
+
+def test_epoch_batches_of_whole_clips_hold_batch_over_k_clips():
+    clips = [i // 11 for i in range(11 * 12)]  # 12 clips with 11 questions each, as in the quickstart
+    batches = EpochBatches(len(clips), 33, seed=0, clips=clips, questions_per_clip=11)
+    for b in range(8):  # across the epoch boundary too
+        assert sorted(collections.Counter(clips[i] for i in batches.batch(b)).values()) == [11, 11, 11]
+    cut = EpochBatches(len(clips), 32, seed=0, clips=clips, questions_per_clip=8)  # runs of 8 + 3
+    assert max(len({clips[i] for i in cut.batch(b)}) for b in range(8)) > 4

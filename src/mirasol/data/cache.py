@@ -306,11 +306,14 @@ def requests_for(samples: Iterable) -> list[ClipRequest]:
 
 
 def prepare(manifests: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: MirasolConfig,
-            workers: int | None = None, progress: bool = True, store: str = "auto") -> dict:
-    """Cache every clip the manifests refer to (in the `store` format); write and return the report."""
+            workers: int | None = None, progress: bool = True, store: str = "auto",
+            samples: list | None = None) -> dict:
+    """Cache every clip the manifests refer to (in the `store` format); write and return the report.
+    `samples`: the manifests' rows when the caller has read them already (not read again)."""
     from mirasol.datasets.manifest import read_manifest
 
-    samples = [s for m in manifests for s in read_manifest(m)]
+    if samples is None:
+        samples = [s for m in manifests for s in read_manifest(m)]
     cache = ClipCache(out, cfg, create=True, store=store)
     requests = requests_for(samples)
     cache.add(requests, workers=workers, progress=progress)

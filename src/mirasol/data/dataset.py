@@ -113,7 +113,10 @@ class EpochBatches:
 
     With `questions_per_clip` k > 1 (and `clips`, the clip id of every row), the epoch's order
     keeps up to k rows of the same clip next to each other: every row still comes once per
-    epoch, but a batch of B rows holds about B / k clips, and `collate` encodes each clip once."""
+    epoch, a batch of B rows holds fewer clips, and `collate` encodes each clip once. Runs are
+    cut at k, so B / k clips per batch holds only when every clip has a multiple of k rows; with
+    11 rows per clip, k = 8 gives runs of 8 and 3 and batches of 32 rows span 6.6 clips on average,
+    while k = 11 and B = 33 give exactly 3 (the quickstart's recipe)."""
 
     def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world: int = 1,
                  clips: list[int] | None = None, questions_per_clip: int = 1):

@@ -146,6 +146,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
                                                                                               run_cfg.data.store)
 
     # --- run directory, tokenizer, cache (rank 0 prepares, the others wait) ---------------
+    _barrier()  # every process has checked the run directory before rank 0 writes into it
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -162,7 +163,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
             run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples))
         manifests = [train_manifest] + ([val_manifest] if val_manifest else [])
         report = prepare(manifests, cache_dir, run_cfg.model, workers=run_cfg.data.prepare_workers, progress=progress,
-                         store=run_cfg.data.store)
+                         store=run_cfg.data.store, samples=train_samples + val_samples)
         print_report(report, cache_dir)
         require_clips(report, train_manifest, cache_dir)
     _barrier()

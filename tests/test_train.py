@@ -69,6 +69,25 @@ def test_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
 
 
+def test_text_lr_scale_sets_the_decoder_groups_lr():
+    from mirasol.model import Mirasol
+    from mirasol.train.loop import _param_groups
+
+    model = Mirasol(MirasolConfig.preset("tiny"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain = _param_groups(model, 0.05, 1e-3)
+    assert [g["weight_decay"] for g in plain] == [0.05, 0.0]  # as before the key: checkpoints still load
+    groups = _param_groups(model, 0.05, 1e-3, text_lr_scale=3.0)
+    assert len(groups) == 4 and sum(len(g["params"]) for g in groups) == len(names)
+    for group in groups:
+        text = {names[id(p)].startswith("text_decoder.") for p in group["params"]}
+        assert len(text) == 1
+        assert group["lr"] == pytest.approx(3e-3 if text.pop() else 1e-3)
+    assert load_run_config("tiny", ["train.text_lr_scale=2"]).train.text_lr_scale == 2
+    with pytest.raises(ConfigError, match="train.text_lr_scale"):
+        load_run_config("tiny", ["train.text_lr_scale=0"])
+
+
 def test_wrong_config_fails_before_any_work(world, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", "--config", "tiny", "--train", str(world / "train.jsonl"), "--out", str(run),

@@ -49,6 +49,9 @@ class TrainConfig:
     questions_per_clip: int = 1
     max_steps: int = 1000
     lr: float = 1e-3
+    # The text decoder's lr is lr x text_lr_scale. On the built-in world the decoder's readout of
+    # the memory is what learns slowest (benchmarks/README.md, "Where direction gets stuck").
+    text_lr_scale: float = 1.0
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.05
@@ -89,6 +92,8 @@ class TrainConfig:
                               f"grad_accum={self.grad_accum}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"config key 'train.lr': must be > 0, got {self.lr!r}")
+        if isinstance(self.text_lr_scale, bool) or not (isinstance(self.text_lr_scale, (int, float)) and self.text_lr_scale > 0):
+            raise ConfigError(f"config key 'train.text_lr_scale': must be > 0, got {self.text_lr_scale!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"config key 'train.min_lr_ratio': must be in [0, 1], got {self.min_lr_ratio}")
         if self.precision not in PRECISIONS:

@@ -70,13 +70,18 @@ def adamw_kernel(device: torch.device) -> dict:
     return {"fused": True} if device.type in ("cuda", "cpu") else {}
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float):
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float, text_lr_scale: float = 1.0):
+    """AdamW groups: weight decay on matrices only; the text decoder at lr x text_lr_scale."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:  # frozen backbone weights
             continue
-        (decay if p.dim() >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = p.dim() >= 2 and "embed" not in name and "pos" not in name
+        scale = text_lr_scale if name.startswith("text_decoder.") else 1.0
+        groups.setdefault((decay, scale), []).append(p)
+    # Decayed groups first, so that with scale 1 the groups (and checkpoints) are as they always were.
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+            for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -188,7 +193,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     model.set_activation_checkpointing(tc.activation_checkpointing)
     if fsdp:
         shard_model(model, device, bf16=_precision(run_cfg, device) == "bf16")
-    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas,
+    optimizer = torch.optim.AdamW(_param_groups(model, tc.weight_decay, tc.lr, tc.text_lr_scale), lr=tc.lr, betas=tc.betas,
                                   **adamw_kernel(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))

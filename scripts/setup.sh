@@ -11,8 +11,17 @@ fi
 if ! python -c "import torch" 2>/dev/null; then
     # Pinned: on this project's machines pip finds the local CPU build of exactly this version.
     # A bare or ranged `torch` would take the newest release with several GB of CUDA wheels.
-    pip install -q "torch==2.13.0"
+    pip install -q --no-compile "torch==2.13.0"
 fi
 # torch is already satisfied here, so resolving the package's dependencies pulls no other build.
-pip install -q -e ".[dev]"
-python -c "import torch, av, mirasol; print(f'mirasol ready: torch {torch.__version__}, PyAV {av.__version__}')"
+pip install -q --no-compile -e ".[dev]"
+# --no-compile: pip would byte-compile every module of every package (about 11,000 files, most of
+# them torch's: 30 s of a 2-core machine's set-up), while a run imports a few hundred of them. Those
+# are compiled here, by importing what the commands and the tests use, with byte-code writing on.
+env -u PYTHONDONTWRITEBYTECODE python - <<'PY'
+import matplotlib
+matplotlib.use("Agg")
+import av, matplotlib.pyplot, pytest, torch
+import mirasol.cli, mirasol.datasets.synth, mirasol.eval.evaluate, mirasol.quickstart, mirasol.train.loop
+print(f"mirasol ready: torch {torch.__version__}, PyAV {av.__version__}")
+PY

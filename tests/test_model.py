@@ -212,6 +212,32 @@ def test_media_index_shares_one_encoding_between_questions():
     assert not torch.allclose(swapped.logits, shared.logits, atol=1e-4)  # the index really picks the clip
 
 
+def test_training_forward_scores_only_answers_with_the_same_loss_and_gradients():
+    """The training loop's forward (one clip's cross-attention keys/values shared by its
+    questions, logits only at answer positions) gives the text loss and gradients of the plain
+    forward on media repeated per row."""
+    cfg = tiny(latent_loss_weight=0.0)
+    model = Mirasol(cfg).train()
+    video, audio = media_batch(cfg, batch=2)
+    ids = torch.tensor([[1, 9, 3, 20, 2, 0], [1, 10, 12, 3, 21, 2], [1, 11, 3, 22, 23, 2]])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 3:5], labels[1, 4:], labels[2, 3:] = ids[0, 3:5], ids[1, 4:], ids[2, 3:]
+    index = torch.tensor([1, 0, 1])
+    lean = model(video, audio, ids, labels, media_index=index, return_logits=False)
+    assert lean.logits is None
+    lean.text_loss.backward()
+    lean_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    full = model(video[index], audio[index], ids, labels)
+    assert full.logits.shape == (3, 6, cfg.vocab_size)
+    full.text_loss.backward()
+    full_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(lean.text_loss, full.text_loss, atol=1e-6, rtol=1e-6)
+    assert lean_grads.keys() == full_grads.keys() and "text_decoder.blocks.0.cross.kv.weight" in full_grads
+    for name, g in full_grads.items():
+        torch.testing.assert_close(lean_grads[name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("combiner", COMBINERS)
 def test_padded_chunks_are_invisible_with_a_chunk_mask(combiner):
     """A clip shorter than the window has padding chunks at the end; with chunk_mask they change

@@ -10,7 +10,8 @@ kernels compute it. Per transformer block over L tokens of width d (mlp ratio r)
     attention       4·L·Lk·d                 Q·Kᵀ and P·V, Lk keys (Lk = L for self-attention)
 
 and with cross-attention to M memory tokens of width c (text decoder blocks) add
-2·L·2·d² (q, out) + 2·M·2·c·d (k, v of the memory, per text row) + 4·L·M·d.
+2·L·2·d² (q, out) + 4·L·M·d, and 2·M·2·c·d for the memory's keys and values (once per clip:
+a clip's questions share them).
 Per clip of T chunks (nv video, na audio tokens per chunk, m combiner tokens):
 
     video     T·[2·nv·(t·3·p²)·dv + Lv·block(nv, dv)] + 2·T·nv·dv·D      (patch embedding, blocks, projection)
@@ -18,8 +19,10 @@ Per clip of T chunks (nv video, na audio tokens per chunk, m combiner tokens):
     combiner  T·Lc·block(nv + na + m, D)                                 (transformer combiner)
               TTM: read/write/emit TokenLearners + Lc·block(r, D) per chunk
     AV model  Lav·block(T·m, D) + 2·2·(T-1)·m·D²                          (blocks, latent predictor)
+    memory    Lt·2·(T·m)·2·D·dt                                          (decoder's cross-attention k, v)
 
-and per text row of L tokens: Lt·cross_block(L, dt; M = T·m, c = D) + 2·L·V·dt (tied logits).
+and per text row of L tokens: Lt·cross_block(L, dt; M = T·m, c = D) + 2·L·V·dt (tied logits at
+every position, as `mirasol bench step` runs it; the training loop scores only answer positions).
 With k questions per clip the clip's cost is shared by its k rows.
 `tests/test_cost.py` checks this count against torch's FlopCounterMode on the real model.
 
@@ -43,9 +46,9 @@ def _block(tokens: int, dim: int, r: float, keys: int | None = None) -> float:
     return 2 * tokens * (4 + 2 * r) * dim ** 2 + 4 * tokens * keys * dim
 
 
-def _cross_block(tokens: int, dim: int, r: float, memory: int, context_dim: int) -> float:
-    return (_block(tokens, dim, r) + 2 * tokens * 2 * dim ** 2 + 2 * memory * 2 * context_dim * dim
-            + 4 * tokens * memory * dim)
+def _cross_block(tokens: int, dim: int, r: float, memory: int) -> float:
+    """A decoder block with cross-attention, without the memory's k, v (counted per clip)."""
+    return _block(tokens, dim, r) + 2 * tokens * 2 * dim ** 2 + 4 * tokens * memory * dim
 
 
 def _token_learner(inputs: int, outputs: int, dim: int) -> float:
@@ -53,7 +56,8 @@ def _token_learner(inputs: int, outputs: int, dim: int) -> float:
 
 
 def media_flops(cfg: MirasolConfig) -> dict[str, float]:
-    """Forward FLOPs of the audio-video part for one clip, by part."""
+    """Forward FLOPs computed once per clip, by part: the audio-video model and the text decoder's
+    keys and values of its memory."""
     t, r, d = cfg.num_chunks, cfg.mlp_ratio, cfg.av_dim
     nv, na, m = cfg.video_tokens_per_chunk, cfg.audio_tokens_per_chunk, cfg.combiner_tokens
     video = t * (2 * nv * cfg.tubelet_size * 3 * cfg.patch_size ** 2 * cfg.video_dim
@@ -68,13 +72,15 @@ def media_flops(cfg: MirasolConfig) -> dict[str, float]:
     else:
         combiner = t * cfg.combiner_layers * _block(nv + na + m, d, r)
     av = cfg.av_layers * _block(t * m, d, r) + 2 * 2 * (t - 1) * m * d * d
-    return {"video": video, "audio": audio, "combiner": combiner, "av_model": av}
+    memory_kv = cfg.text_layers * 2 * t * m * 2 * d * cfg.text_dim
+    return {"video": video, "audio": audio, "combiner": combiner, "av_model": av, "memory_kv": memory_kv}
 
 
 def text_flops(cfg: MirasolConfig, text_len: int) -> float:
-    """Forward FLOPs of the text decoder for one row of text_len tokens."""
+    """Forward FLOPs of the text decoder for one row of text_len tokens (its clip's memory k, v
+    aside: `media_flops`)."""
     memory = cfg.num_chunks * cfg.combiner_tokens
-    blocks = cfg.text_layers * _cross_block(text_len, cfg.text_dim, cfg.mlp_ratio, memory, cfg.av_dim)
+    blocks = cfg.text_layers * _cross_block(text_len, cfg.text_dim, cfg.mlp_ratio, memory)
     return blocks + 2 * text_len * cfg.vocab_size * cfg.text_dim
 
 

@@ -110,7 +110,7 @@ class LMDecoder(nn.Module):
             caches["lm"].reorder_cache(index)
 
     def forward(self, input_ids, memory=None, attention_mask=None, positions=None, caches=None, context_kv=None,
-                memory_mask=None) -> torch.Tensor:
+                memory_mask=None, memory_index=None) -> torch.Tensor:
         """As TextDecoder.forward: hidden states [B, L, dim] (after the LM's final norm)."""
         b, length = input_ids.shape
         past = caches["lm"].get_seq_length() if caches and caches.get("lm") is not None else 0
@@ -120,6 +120,8 @@ class LMDecoder(nn.Module):
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
         if context_kv is None:
             context_kv = self.context_kv(memory)
+            if memory_index is not None:  # one memory per clip, shared by its rows
+                context_kv = [(k[memory_index], v[memory_index]) for k, v in context_kv]
         cross_mask = None if memory_mask is None else memory_mask.bool()[:, None, None, :]
         self._context = (context_kv, cross_mask)
         try:

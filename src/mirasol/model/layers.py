@@ -74,14 +74,18 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: dict | None = None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`cache` (self-attention only): dict whose "k"/"v" grow by this call's keys/values.
-        `kv`: precomputed (k, v) for cross-attention."""
+        `kv`: precomputed (k, v) for cross-attention. `context_index` [B]: row i of x attends to
+        row context_index[i] of the context, whose keys/values are projected once per context row."""
         q = self.split(self.q(x))
         if kv is not None:
             k, v = kv
         else:
             k, v = self.project_kv(x if context is None else context)
+            if context_index is not None:
+                k, v = k[context_index], v[context_index]
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -113,16 +117,19 @@ class Block(nn.Module):
         # recompute the rest in the backward pass. Same results (the RNG is replayed), less memory.
         self.checkpoint = False
 
-    def forward(self, x, mask=None, rope=None, cache=None, context=None, context_mask=None, context_kv=None):
+    def forward(self, x, mask=None, rope=None, cache=None, context=None, context_mask=None, context_kv=None,
+                context_index=None):
         if self.checkpoint and self.training and cache is None and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self._forward, x, mask, rope, None, context, context_mask,
-                                                     context_kv, use_reentrant=False)
-        return self._forward(x, mask, rope, cache, context, context_mask, context_kv)
+                                                     context_kv, context_index, use_reentrant=False)
+        return self._forward(x, mask, rope, cache, context, context_mask, context_kv, context_index)
 
-    def _forward(self, x, mask=None, rope=None, cache=None, context=None, context_mask=None, context_kv=None):
+    def _forward(self, x, mask=None, rope=None, cache=None, context=None, context_mask=None, context_kv=None,
+                 context_index=None):
         x = x + self.drop(self.attn(self.norm1(x), mask=mask, rope=rope, cache=cache))
         if self.cross is not None:
-            y = self.cross(self.norm_cross(x), context=context, mask=context_mask, kv=context_kv)
+            y = self.cross(self.norm_cross(x), context=context, mask=context_mask, kv=context_kv,
+                           context_index=context_index)
             x = x + self.drop(y if self.gate is None else torch.tanh(self.gate) * y)
         return x + self.mlp(self.norm2(x))
 

@@ -41,7 +41,7 @@ class MirasolOutput:
     loss: torch.Tensor | None
     text_loss: torch.Tensor | None
     latent_loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 def split_chunks(video: torch.Tensor, audio: torch.Tensor, cfg: MirasolConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,29 +157,31 @@ class Mirasol(nn.Module):
 
     # --- training -----------------------------------------------------------------------------
     def forward(self, video, audio, input_ids, labels=None, attention_mask=None, media_index=None,
-                chunk_mask=None) -> MirasolOutput:
+                chunk_mask=None, return_logits: bool = True) -> MirasolOutput:
         """input_ids [B, L] = prompt + answer + EOS (padded with pad_token_id); labels [B, L] equal
         input_ids on answer positions and IGNORE_INDEX elsewhere (HF-style: shifted here).
         media_index [B] (optional): text row i asks about clip media_index[i] of video/audio, so
         several questions about one clip share its encoding; without it row i is clip i.
         chunk_mask [clips, T] (optional): False for chunks that are only padding (a clip shorter
-        than the window); the text decoder does not attend to them and the latent loss skips them."""
+        than the window); the text decoder does not attend to them and the latent loss skips them.
+        return_logits=False (with labels): logits only where the loss needs them, none returned; the
+        training loop's choice, since the answer is a few of a row's tokens."""
         memory_mask = self.memory_mask(chunk_mask, video)
         chunk_mask = None if memory_mask is None else chunk_mask
         z = self.combine(video, audio)
         h = self.av_model(z)
         if attention_mask is None:
             attention_mask = input_ids != self.cfg.pad_token_id
-        memory = h.flatten(1, 2)
-        if media_index is not None:
-            memory = memory[media_index]
-            memory_mask = None if memory_mask is None else memory_mask[media_index]
-        hidden = self.text_decoder(input_ids, memory=memory, attention_mask=attention_mask, memory_mask=memory_mask)
-        logits = self.text_decoder.logits(hidden)
+        if media_index is not None and memory_mask is not None:
+            memory_mask = memory_mask[media_index]
+        hidden = self.text_decoder(input_ids, memory=h.flatten(1, 2), attention_mask=attention_mask,
+                                   memory_mask=memory_mask, memory_index=media_index)
+        logits = self.text_decoder.logits(hidden) if return_logits or labels is None else None
         if labels is None:
             return MirasolOutput(None, None, None, logits)
-        text_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                    ignore_index=IGNORE_INDEX)
+        answer = labels[:, 1:] != IGNORE_INDEX  # position i predicts token i + 1
+        scored = logits[:, :-1][answer] if logits is not None else self.text_decoder.logits(hidden[:, :-1][answer])
+        text_loss = F.cross_entropy(scored.float(), labels[:, 1:][answer])
         latent_loss = self.av_model.latent_loss(h, z, chunk_mask) if self.cfg.latent_loss_weight else h.new_zeros(())
         loss = self.cfg.text_loss_weight * text_loss + self.cfg.latent_loss_weight * latent_loss
         return MirasolOutput(loss, text_loss, latent_loss, logits)

@@ -54,9 +54,12 @@ class TextDecoder(nn.Module):
         caches: list[dict] | None = None,
         context_kv: list | None = None,
         memory_mask: torch.Tensor | None = None,
+        memory_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids [B, L]; memory [B, M, av_dim] (or `context_kv`); attention_mask [B, L_total]
-        covering cached tokens followed by these L. Returns hidden states [B, L, text_dim]."""
+        covering cached tokens followed by these L. memory_index [B] (optional): memory holds one
+        entry per clip and row i reads entry memory_index[i] (several questions about one clip share
+        its keys/values). Returns hidden states [B, L, text_dim]."""
         b, length = input_ids.shape
         past = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
         total = past + length
@@ -81,6 +84,6 @@ class TextDecoder(nn.Module):
                 x, mask=mask, rope=rope,
                 cache=caches[i] if caches is not None else None,
                 context=memory, context_mask=cross_mask,
-                context_kv=context_kv[i] if context_kv is not None else None,
+                context_kv=context_kv[i] if context_kv is not None else None, context_index=memory_index,
             )
         return self.norm(x)

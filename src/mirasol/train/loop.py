@@ -250,7 +250,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
                 sync = ddp.no_sync() if world > 1 and not fsdp and not last_micro else nullcontext()
                 with sync, _autocast(run_cfg, device):
                     out_ = forward(p["video"], p["audio"], p["input_ids"], p["labels"], media_index=p["media_index"],
-                               chunk_mask=p["chunk_mask"])
+                               chunk_mask=p["chunk_mask"], return_logits=False)
                     text = out_.text_loss * counts[i] / total_tokens * world
                     latent = out_.latent_loss / tc.grad_accum
                     loss = run_cfg.model.text_loss_weight * text + run_cfg.model.latent_loss_weight * latent

@@ -256,3 +256,17 @@ def test_fsdp_killed_run_resumes_on_two_processes_and_bf16_loss_falls(world, tmp
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-3), step
     assert a[6] < 0.9 * a[1]
+
+
+def test_more_processes_than_gpus_fail_before_the_process_group_forms(monkeypatch):
+    # A second torchrun process on a one-GPU machine would otherwise die in set_device while the
+    # first waits for it in init_process_group; the error names the two ways out.
+    from mirasol.train.distributed import setup_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=1 .* 1 CUDA device.*--nproc_per_node 1.*CUDA_VISIBLE_DEVICES"):
+        setup_distributed("fsdp")
+    assert not torch.distributed.is_initialized()

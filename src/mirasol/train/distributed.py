@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mirasol.config import ConfigError
+
 from mirasol.model.layers import Block
 
 
@@ -23,7 +25,14 @@ def setup_distributed(strategy: str = "ddp") -> tuple[int, int, torch.device]:
     """(rank, world size, device). torchrun's WORLD_SIZE > 1 starts a process group (NCCL on GPU,
     gloo on CPU); fsdp also needs one with a single process, then made in memory (no torchrun)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available() and local >= torch.cuda.device_count():
+        # Checked before the process group forms: otherwise set_device fails after the others wait on it.
+        n = torch.cuda.device_count()
+        raise ConfigError(f"process LOCAL_RANK={local} has no GPU of its own: this machine shows {n} CUDA "
+                          f"device(s). Start at most {n} process(es) per machine (torchrun --nproc_per_node {n}), "
+                          "or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run the processes on the CPU over gloo")
     if not dist.is_initialized():
         if world > 1 or (strategy == "fsdp" and "MASTER_ADDR" in os.environ):
             dist.init_process_group(backend)
@@ -31,7 +40,6 @@ def setup_distributed(strategy: str = "ddp") -> tuple[int, int, torch.device]:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")

@@ -29,8 +29,14 @@ def world(tmp_path_factory):
     return out
 
 
+# The training runs here are CPU runs, also on a machine with GPUs: the equalities asserted below
+# (resume, 2 gloo processes against one) are those of the CPU's fp32 kernels, and a one-GPU
+# machine cannot host two processes of their own.
+CPU_RUN = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_cli(*args, env=None, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    env = {**os.environ, **CPU_RUN, **(env or {})}
     return subprocess.run([sys.executable, "-m", "mirasol.cli", *args], capture_output=True, text=True, env=env, **kw)
 
 
@@ -102,7 +108,7 @@ def test_killed_run_resumes_with_identical_losses(world, tmp_path):
     assert run_cli(*args, "--out", str(full)).returncode == 0
     # kill -9 a second run once its first checkpoint is on disk, then resume it
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_RUN}
     proc = subprocess.Popen([sys.executable, "-m", "mirasol.cli", *args, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
@@ -142,7 +148,7 @@ def test_two_gloo_processes_match_one(world, tmp_path, questions_per_clip):
     r1 = run_cli(*args, "--out", str(one))
     assert r1.returncode == 0, r1.stderr[-2000:]
     two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_RUN}
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                          "-m", "mirasol.cli", *args, "--out", str(two)], capture_output=True, text=True, env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -173,7 +179,7 @@ def _without_last_checkpoint(run: Path, copy: Path) -> Path:
 
 
 def torchrun(*args, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_RUN}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(nproc), "-m", "mirasol.cli", *args], capture_output=True, text=True, env=env)
 
@@ -238,7 +244,7 @@ def test_fsdp_killed_run_resumes_on_two_processes_and_bf16_loss_falls(world, tmp
     r = torchrun(*args, "--out", str(full))
     assert r.returncode == 0, r.stderr[-3000:]
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_RUN}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "mirasol.cli", *args, "--out", str(killed)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -259,8 +265,8 @@ def test_fsdp_killed_run_resumes_on_two_processes_and_bf16_loss_falls(world, tmp
 
 
 def test_more_processes_than_gpus_fail_before_the_process_group_forms(monkeypatch):
-    # A second torchrun process on a one-GPU machine would otherwise die in set_device while the
-    # first waits for it in init_process_group; the error names the two ways out.
+    # A second torchrun process on a one-GPU machine would otherwise die with CUDA's "invalid device
+    # ordinal" after joining the process group; the error names the two ways out.
     from mirasol.train.distributed import setup_distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -28,7 +28,7 @@ def setup_distributed(strategy: str = "ddp") -> tuple[int, int, torch.device]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available() and local >= torch.cuda.device_count():
-        # Checked before the process group forms: otherwise set_device fails after the others wait on it.
+        # Checked before joining the process group, so that no process is left waiting for this one.
         n = torch.cuda.device_count()
         raise ConfigError(f"process LOCAL_RANK={local} has no GPU of its own: this machine shows {n} CUDA "
                           f"device(s). Start at most {n} process(es) per machine (torchrun --nproc_per_node {n}), "

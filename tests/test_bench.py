@@ -7,6 +7,7 @@ import pytest
 
 from mirasol import MirasolConfig
 from mirasol import bench
+from mirasol.cost import memory_plan
 
 
 def test_generate_smoke():
@@ -38,15 +39,35 @@ def test_step_smoke():
 
 def test_memory_plan_table_and_cpu_check():
     """The plan's table for tiny, and the plan against the measured peak of a CPU step (fp32): the
-    measured peak was within 6 % of the plan at batch 8 and 32 (benchmarks/README.md)."""
-    r = bench.bench_memory(presets=("tiny",), gpus=(1, 2), batch_per_gpu=4, check=(("tiny", 8),), quiet=True)
+    measured peak was within 6 % of the plan at batch 8 and 32 (benchmarks/README.md), also with the
+    model sharded by FSDP over a group of one."""
+    r = bench.bench_memory(presets=("tiny",), gpus=(1, 2), batch_per_gpu=4, check=(("tiny", 8, "ddp", False),
+                           ("tiny", 8, "fsdp", True)), quiet=True)
     assert len(r["plans"]) == 2 * 2 * 2  # strategies x GPU counts x activation checkpointing
     fsdp2 = [p for p in r["plans"] if p["strategy"] == "fsdp" and p["gpus"] == 2 and not p["activation_checkpointing"]]
     ddp2 = [p for p in r["plans"] if p["strategy"] == "ddp" and p["gpus"] == 2 and not p["activation_checkpointing"]]
     assert fsdp2[0]["optimizer"] == ddp2[0]["optimizer"] / 2
-    for c in r["cpu_check"]:
+    assert r["check_device"] == "cpu" and [c["strategy"] for c in r["check"]] == ["ddp", "fsdp"]
+    for c in r["check"]:
         assert 0.7 < c["measured_over_estimate"] < 1.4, c
     json.dumps(r)
+
+
+def test_memory_check_on_a_gpu_takes_the_largest_planned_batch():
+    """What `mirasol bench memory` measures on a GPU (the CUDA step itself needs one): base and
+    mirasol3b under fsdp with activation checkpointing, at the largest batch the plan fits in 90 %
+    of the device; a preset that does not fit at batch 1 is left out."""
+    from mirasol.cost import GIB, max_batch
+
+    checks = bench.default_checks(80 * GIB)
+    assert [c[0] for c in checks] == ["base", "mirasol3b"]
+    for preset, b, strategy, ac in checks:
+        assert strategy == "fsdp" and ac
+        cfg = MirasolConfig.preset(preset)
+        assert b == max_batch(cfg, 72 * GIB, strategy="fsdp", gpus=1, checkpointing=True, bf16=True, text_len=24) >= 1
+        assert memory_plan(cfg, "fsdp", 1, b + 1, checkpointing=True, bf16=True, text_len=24).total > 72 * GIB
+    assert [c[0] for c in bench.default_checks(16 * GIB)] == ["base"]  # 3 B parameters' states alone are 45 GiB
+    assert [c[0] for c in bench.default_checks(None)][:2] == ["tiny", "tiny"]  # no GPU: small CPU steps
 
 
 def test_chunks_smoke():

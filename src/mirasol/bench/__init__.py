@@ -13,7 +13,8 @@ count is left at torch's default and reported with the torch version.
     data       data-loader time per batch from the clip cache vs the training step on that batch
     memory     memory plan per GPU (weights, gradients, AdamW, activations) for base and mirasol3b on
                1 / 8 / 64 GPUs, ddp vs fsdp, with and without activation checkpointing; checked
-               against the measured peak of CPU steps at small sizes
+               against the measured peak of steps: on the CPU at small sizes, on a GPU base and
+               mirasol3b under fsdp with activation checkpointing at the largest batch planned to fit
     prepare    `prepare` throughput on 10 s 480p clips (1 and 2 workers); peak RSS of decoding
                a long vs a short 1080p file (bounded memory)
     store      the clip store on real videos at base and mirasol3b media settings: bytes per clip
@@ -47,7 +48,7 @@ from mirasol.bench.lora import bench_lora
 from mirasol.bench.media import (  # noqa: F401
     REAL_INPUTS, STORE_CANDIDATES, bench_data, bench_prepare, bench_store, bench_uniform, decode_peak_rss,
     real_media_dir, synthetic_cache, write_test_video)
-from mirasol.bench.memory import bench_memory, measured_cpu_peak  # noqa: F401
+from mirasol.bench.memory import bench_memory, default_checks, measured_peak  # noqa: F401
 from mirasol.bench.model_speed import (  # noqa: F401
     CHUNK_OVERRIDES, UnchunkedBaseline, attention_elements, bench_chunks, bench_generate, bench_step)
 from mirasol.errors import UsageError

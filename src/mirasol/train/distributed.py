@@ -17,7 +17,6 @@ import torch.distributed as dist
 from torch import nn
 
 from mirasol.config import ConfigError
-
 from mirasol.model.layers import Block
 
 

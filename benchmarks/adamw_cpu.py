@@ -12,7 +12,7 @@ import copy
 import torch
 
 from mirasol import Mirasol, MirasolConfig
-from mirasol.bench import _train_step, measure, random_batch
+from mirasol.perf import _train_step, measure, random_batch
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import time
 import torch
 
 from mirasol import Mirasol, MirasolConfig
-from mirasol.datasets.manifest import Sample, prompt_text
+from mirasol.data.manifest import Sample, prompt_text
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.eval import predict as predict_mod
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from mirasol.data.cache import ClipCache, clip_key, default_cache_dir
-from mirasol.datasets.manifest import read_manifest
+from mirasol.data.manifest import read_manifest
 from mirasol.model import Mirasol
-from mirasol.model.mirasol import split_chunks
-from mirasol.train.config import load_run_config
+from mirasol.model.chunks import split_chunks
+from mirasol.run_config import load_run_config
 
 
 def readouts(model: Mirasol, cache: ClipCache, samples, batch: int = 100) -> dict[str, torch.Tensor]:

@@ -22,6 +22,6 @@ env -u PYTHONDONTWRITEBYTECODE python - <<'PY'
 import matplotlib
 matplotlib.use("Agg")
 import av, matplotlib.pyplot, pytest, torch
-import mirasol.cli, mirasol.datasets.synth, mirasol.eval.evaluate, mirasol.quickstart, mirasol.train.loop
+import mirasol.cli, mirasol.corpora.synth, mirasol.eval.evaluate, mirasol.quickstart, mirasol.train.loop
 print(f"mirasol ready: torch {torch.__version__}, PyAV {av.__version__}")
 PY

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mirasol.cli import build_parser, main
-from mirasol.datasets.adapters import ConvertError, cli_convert, convert, fill_template
-from mirasol.datasets.manifest import read_manifest
+from mirasol.cli import build_parser, cmd_convert, main
+from mirasol.corpora.adapters import ConvertError, convert, fill_template
+from mirasol.data.manifest import read_manifest
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "annotations"
 
@@ -198,7 +198,7 @@ def test_cli_convert(tmp_path, capsys):
     args = build_parser().parse_args(["convert", "--format", "vggsound", "--annotations",
                                       str(SAMPLES / "vggsound-sample.csv"), "--videos", str(videos),
                                       "--out", str(out)])
-    assert cli_convert(args) == 0
+    assert cmd_convert(args) == 0
     captured = capsys.readouterr()
     assert "1 rows written" in captured.out and "4 without a video file" in captured.out
     assert "4 rows have no video file" in captured.err and "Oct7HCu1Vwo_000035" in captured.err
@@ -209,12 +209,12 @@ def test_cli_convert(tmp_path, capsys):
     args = Namespace(format="vggsound", annotations=[str(SAMPLES / "vggsound-sample.csv")],
                      videos=str(tmp_path / "empty"), out=str(empty_out))
     (tmp_path / "empty").mkdir()
-    assert cli_convert(args) == 1
+    assert cmd_convert(args) == 1
     assert not empty_out.exists()
     # an input error goes to `mirasol.cli.main`, which prints one line and exits with 2
     args.videos = str(tmp_path / "does-not-exist")
     with pytest.raises(ConvertError, match="videos folder not found"):
-        cli_convert(args)
+        cmd_convert(args)
     capsys.readouterr()
     assert main(["convert", "--format", "vggsound", "--annotations", str(SAMPLES / "vggsound-sample.csv"),
                  "--videos", args.videos, "--out", str(empty_out)]) == 2
@@ -227,6 +227,6 @@ def test_missing_list_is_capped(tmp_path, capsys):
     touch(tmp_path / "v", "vid000_000000.mp4")
     args = Namespace(format="vggsound", annotations=[str(ann)], videos=str(tmp_path / "v"),
                      out=str(tmp_path / "o.jsonl"))
-    assert cli_convert(args) == 0
+    assert cmd_convert(args) == 0
     err = capsys.readouterr().err
     assert "29 rows have no video file" in err and "... and 9 more" in err

@@ -16,7 +16,7 @@ from mirasol.ask import parse_times
 from mirasol.cli import main as cli
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.run_dir import write_run_files
-from mirasol.train.config import load_run_config
+from mirasol.run_config import load_run_config
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "media"
 LENGTHS = {"big_buck_bunny_432_433.webm": 1, "example3.mp4": 2, "flipping_a_pancake.mkv": 11, "no_duration.webm": 5,

@@ -24,7 +24,7 @@ def test_core_imports_and_builds_without_transformers():
             "import mirasol.train.loop, mirasol.eval.evaluate, mirasol.ask, mirasol.cli\n"
             "from mirasol import Mirasol, MirasolConfig\n"
             "Mirasol(MirasolConfig.preset('tiny'))\n"
-            "from mirasol.train.config import load_run_config\n"
+            "from mirasol.run_config import load_run_config\n"
             "try:\n    load_run_config('tiny', ['model.text_backbone=/x'])\n"
             "except Exception as e:\n    print(e)\n")
     env = {**os.environ, "PYTHONPATH": SRC}
@@ -36,7 +36,8 @@ def test_core_imports_and_builds_without_transformers():
 transformers = pytest.importorskip("transformers")  # a guard only: CI installs the `hf` extra
 pytest.importorskip("peft")
 
-from mirasol.pretrained import build_model, resolve_config, weights_hash  # noqa: E402
+from mirasol.model import Mirasol  # noqa: E402
+from mirasol.model.pretrained import resolve_config, weights_hash  # noqa: E402
 
 
 def _tokenizer(folder: Path) -> int:
@@ -113,7 +114,7 @@ def whisper(tmp_path_factory):
 def test_closed_gates_give_the_plain_lm_logits(lm, request):
     folder = request.getfixturevalue(lm)
     cfg = resolve_config(MirasolConfig.preset("tiny", text_backbone=str(folder)))
-    model = build_model(cfg).eval()
+    model = Mirasol.build(cfg).eval()
     plain = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     video, audio = media_batch(cfg)
     ids = torch.randint(0, plain.config.vocab_size, (2, 7))
@@ -133,7 +134,7 @@ def test_closed_gates_give_the_plain_lm_logits(lm, request):
 def test_generation_with_the_lm_cache(lm, request):
     folder = request.getfixturevalue(lm)
     cfg = resolve_config(MirasolConfig.preset("tiny", text_backbone=str(folder), cross_attn_every=2))
-    model = build_model(cfg).eval()
+    model = Mirasol.build(cfg).eval()
     for block in model.text_decoder.blocks:
         block.attn_gate.data.fill_(0.5)
         block.mlp_gate.data.fill_(0.5)
@@ -176,7 +177,7 @@ def test_whisper_features_match_the_feature_extractor():
 def test_video_and_audio_backbones_keep_chunks_causal(vit, whisper):
     cfg = resolve_config(MirasolConfig.preset("tiny", video_backbone=str(vit), audio_backbone=str(whisper)))
     assert cfg.audio_features == "whisper" and cfg.n_mels == 80
-    model = build_model(cfg).eval()
+    model = Mirasol.build(cfg).eval()
     assert model.video_encoder.out_dim == 32 and model.audio_encoder.grid == (cfg.audio_frames_per_chunk // 2, 1)
     video, audio = media_batch(cfg)
     with torch.no_grad():
@@ -190,7 +191,7 @@ def test_video_and_audio_backbones_keep_chunks_causal(vit, whisper):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from mirasol.datasets.synth import synthesize
+    from mirasol.corpora.synth import synthesize
 
     out = tmp_path_factory.mktemp("world")
     synthesize(out, num=20, seed=1)
@@ -285,7 +286,7 @@ def test_full_fine_tune_changes_the_lm_and_saves_it(world, llama, tmp_path):
 
 def test_bad_backbone_settings_are_named(gpt2, tmp_path):
     from mirasol.config import ConfigError
-    from mirasol.train.config import load_run_config
+    from mirasol.run_config import load_run_config
 
     with pytest.raises(ConfigError, match="train.freeze.*model.video_backbone"):
         load_run_config("tiny", [f"model.text_backbone={gpt2}", "train.freeze=[video_backbone]"])
@@ -296,7 +297,7 @@ def test_bad_backbone_settings_are_named(gpt2, tmp_path):
 
 
 def test_packaged_gpt2_lora_config_loads():
-    from mirasol.train.config import load_run_config
+    from mirasol.run_config import load_run_config
 
     cfg = load_run_config("gpt2-lora")
     assert cfg.model.text_backbone == "/models/gpt2" and cfg.train.freeze == ["text_backbone"]

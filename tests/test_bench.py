@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mirasol import MirasolConfig
-from mirasol import bench
+from mirasol import perf as bench
 from mirasol.cost import memory_plan
 
 

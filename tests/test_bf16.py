@@ -14,7 +14,7 @@ import torch
 from conftest import media_batch
 from mirasol import Mirasol, MirasolConfig
 from mirasol.model import IGNORE_INDEX
-from mirasol.train.config import load_run_config
+from mirasol.run_config import load_run_config
 from mirasol.train.loop import _autocast
 
 LOGITS_REL = 2e-2  # relative L2 error of the logits

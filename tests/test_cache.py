@@ -13,7 +13,7 @@ from mirasol.cli import main as cli
 from mirasol.data import cache as cache_mod
 from mirasol.data.cache import CacheError, ClipCache, clip_key, prepare
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, select_rows
-from mirasol.datasets.manifest import read_manifest
+from mirasol.data.manifest import read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 from mirasol.model import IGNORE_INDEX
 

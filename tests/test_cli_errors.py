@@ -17,10 +17,10 @@ import torch
 from mirasol.cli import main
 from mirasol.data.cache import ClipCache, clip_key
 from mirasol.data.tokenizer import MirasolTokenizer
-from mirasol.datasets.manifest import ManifestError
+from mirasol.data.manifest import ManifestError
 from mirasol.model import Mirasol
 from mirasol.run_dir import write_run_files
-from mirasol.train.config import load_run_config
+from mirasol.run_config import load_run_config
 
 FAST = ["train.batch_size=2", "train.max_steps=2", "train.eval_every=0", "train.plots=false",
         "train.questions_per_clip=1"]
@@ -87,7 +87,7 @@ def files(tmp_path_factory):
     # runs to --resume whose last checkpoint holds arbitrary pickled objects, or is empty
     for name, state in [("evil", {"step": 2, "optimizer": Evil()}),
                         ("runs_code", {"step": 2, "optimizer": RunsCode(d / "code_ran")}),
-                        ("empty_state", None)]:
+                        ("empty_state", None), ("lacking_keys", {"step": 2})]:
         ckpt = d / name / "checkpoints" / "step_00000002"
         ckpt.mkdir(parents=True)
         if state is None:
@@ -153,6 +153,11 @@ CASES = {
     "train empty checkpoint": (["train", "--config", "tiny", "--train", "{good}", "--out", "{empty_state}",
                                 "--resume"], "{empty_state}/checkpoints/step_00000002/train_state.pt: not a "
                                              "readable checkpoint"),
+    "train checkpoint lacking keys": (
+        ["train", "--config", "tiny", "--train", "{good}", "--out", "{lacking_keys}", "--resume"],
+        "{lacking_keys}/checkpoints/step_00000002/train_state.pt lacks the keys 'scheduler', 'rng', 'optimizer' "
+        "that --resume needs, so it was not written by `mirasol train`: delete "
+        "{lacking_keys}/checkpoints/step_00000002 to resume from the checkpoint before it, or start a new run"),
     "train --resume without checkpoint": (["train", "--config", "tiny", "--train", "{good}", "--out",
                                            "{not_a_run}", "--resume"], "--resume: {not_a_run} has no checkpoint"),
     "evaluate not a run": (["evaluate", "--run", "{not_a_run}", "--manifest", "{good}", "--out", "{dir}/e.json"],
@@ -185,6 +190,28 @@ def test_user_error_is_one_line(case, files, capsys):
     assert "code_ran" not in os.listdir(files["dir"])  # the refused pickle ran nothing
 
 
+def test_train_state_lacking_keys(tmp_path):
+    """A train_state.pt that loads but lacks what --resume needs is a CheckpointError naming the
+    file, the keys and the fix; a sharded (fsdp) checkpoint keeps its optimizer elsewhere."""
+    from mirasol.errors import CheckpointError
+    from mirasol.run_dir import load_train_state
+
+    ckpt = tmp_path / "checkpoints" / "step_00000004"
+    ckpt.mkdir(parents=True)
+    torch.save({"step": 4, "scheduler": {}, "rng": torch.get_rng_state()}, ckpt / "train_state.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_train_state(ckpt)
+    assert str(err.value) == (f"{ckpt}/train_state.pt lacks the key 'optimizer' that --resume needs, so it was not "
+                              f"written by `mirasol train`: delete {ckpt} to resume from the checkpoint before it, "
+                              "or start a new run")
+    (ckpt / "sharded").mkdir()
+    assert load_train_state(ckpt)["step"] == 4
+    torch.save([1, 2], ckpt / "train_state.pt")
+    with pytest.raises(CheckpointError, match=r"lacks the keys 'step', 'scheduler', 'rng' that --resume needs "
+                                              r"\(it holds a list, not a dict\)"):
+        load_train_state(ckpt)
+
+
 def test_error_from_a_loader_worker_is_one_line(files, tmp_path, capsys):
     """A damaged clip cache is found in a DataLoader worker; the error crosses the process
     boundary (with the worker's traceback in its text) and still prints as one line."""
@@ -211,12 +238,12 @@ def test_debug_shows_the_traceback(files, capsys):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    import mirasol.bench
+    import mirasol.perf
 
     def broken(*args, **kwargs):
         raise KeyError("a bug, not the user's fault")
 
-    monkeypatch.setattr(mirasol.bench, "run", broken)
+    monkeypatch.setattr(mirasol.perf, "run", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["bench", "step"])
 

@@ -5,7 +5,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mirasol import Mirasol, MirasolConfig
-from mirasol.bench import random_batch
+from mirasol.perf import random_batch
 from mirasol.cost import memory_plan, model_flops, parameter_counts
 
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from mirasol.datasets.manifest import (
+from mirasol.data.manifest import (
     CAPTION_PROMPT,
     CLASSIFY_PROMPT,
     ManifestError,

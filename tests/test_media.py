@@ -574,7 +574,7 @@ def test_memory_is_bounded_on_a_long_file(tmp_path):
 
 
 def test_load_clip_is_still_importable_from_mirasol_data():
-    # The user contract (DESIGN.md) names `from mirasol.data import load_clip`; it lives in mirasol.media.
+    # The user contract (docs/design.md) names `from mirasol.data import load_clip`; it lives in mirasol.media.
     from mirasol import data
 
     assert data.load_clip is load_clip and data.MediaError is MediaError

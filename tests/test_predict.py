@@ -4,7 +4,7 @@ import torch
 
 from conftest import media_batch
 from mirasol import Mirasol, MirasolConfig
-from mirasol.datasets.manifest import Sample, prompt_text
+from mirasol.data.manifest import Sample, prompt_text
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.eval import predict as predict_mod
 from mirasol.eval.predict import predict

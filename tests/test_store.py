@@ -18,8 +18,8 @@ from mirasol.data.cache import (MEDIA_KEYS, CacheError, ClipCache, clip_key, def
                                 resolve_store)
 from mirasol.data.dataset import ClipDataset, collate
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
-from mirasol.datasets.manifest import read_manifest
-from mirasol.train.config import config_keys_help, load_run_config
+from mirasol.data.manifest import read_manifest
+from mirasol.run_config import config_keys_help, load_run_config
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "media"
 REAL = ["example3.mp4", "big_buck_bunny_432_433.webm", "no_duration.webm", "flipping_a_pancake.mkv"]

@@ -1,4 +1,4 @@
-"""The built-in audio-visual world (mirasol.datasets.synth): determinism, manifests, balance, media,
+"""The built-in audio-visual world (mirasol.corpora.synth): determinism, manifests, balance, media,
 and an oracle that answers every question family from the decoded media alone at the `tiny`
 preset's resolution (32x32 frames at 2 fps, 16 kHz mono audio)."""
 
@@ -14,7 +14,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from mirasol.datasets import synth  # noqa: E402
+from mirasol.corpora import synth  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 QA_FAMILIES = [f for f, info in synth.FAMILIES.items() if info["task"] == "qa"]
@@ -102,7 +102,7 @@ def test_manifests_valid(dataset):
                 assert row["answer"] in answers
     # the project's own manifest reader accepts them, when it is there
     try:
-        from mirasol.datasets.manifest import read_manifest
+        from mirasol.data.manifest import read_manifest
     except ImportError:
         return
     for split in SPLITS:

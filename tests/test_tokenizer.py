@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from mirasol.config import MirasolConfig
-from mirasol.datasets.manifest import CAPTION_PROMPT, CLASSIFY_PROMPT
+from mirasol.data.manifest import CAPTION_PROMPT, CLASSIFY_PROMPT
 from mirasol.data.tokenizer import (
     IGNORE_INDEX,
     MirasolTokenizer,

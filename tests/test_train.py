@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mirasol.config import ConfigError, MirasolConfig
-from mirasol.train.config import DataConfig, TrainConfig, load_run_config
+from mirasol.run_config import DataConfig, TrainConfig, load_run_config
 from mirasol.train.schedule import lr_factor
 
 FAST = ["train.batch_size=8", "train.max_steps=6", "train.save_every=2", "train.eval_every=0",
@@ -22,7 +22,7 @@ FAST = ["train.batch_size=8", "train.max_steps=6", "train.save_every=2", "train.
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from mirasol.datasets.synth import synthesize
+    from mirasol.corpora.synth import synthesize
 
     out = tmp_path_factory.mktemp("world")
     synthesize(out, num=20, seed=1)
@@ -77,7 +77,7 @@ def test_schedule_warms_up_then_decays():
 
 def test_text_lr_scale_sets_the_decoder_groups_lr():
     from mirasol.model import Mirasol
-    from mirasol.train.loop import _param_groups
+    from mirasol.train.optim import param_groups as _param_groups
 
     model = Mirasol(MirasolConfig.preset("tiny"))
     names = {id(p): n for n, p in model.named_parameters()}

@@ -1,18 +1,17 @@
 """`mirasol ask --run RUN VIDEO ["question"]`: decode one file exactly as training did, answer.
 
 With `--whole` or `--at 30,60,90` the video is streamed instead: its chunks are decoded one at a
-time (mirasol.media.stream) and pushed into a streaming session of the model (Mirasol.stream), so
+time (mirasol.media.chunk_reader) and pushed into a streaming session of the model (Mirasol.stream), so
 a video of any length is answered about at constant cost per chunk; `--at` answers after each of
 the given seconds."""
 
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 
-from mirasol.datasets.manifest import Sample, prompt_for
+from mirasol.data.manifest import Sample, prompt_for
 from mirasol.errors import UsageError
 
 
@@ -70,7 +69,7 @@ def ask_stream(run: str, video: str, question: str | None = None, at: list[float
     `log` (a file) gets a progress line of chunks consumed. An `at` time past the end of the video
     is answered at the end."""
     from mirasol.eval.predict import predict_from_memory
-    from mirasol.media.stream import iter_chunks
+    from mirasol.media.chunk_reader import iter_chunks
     from mirasol.run_dir import load_run
 
     model, tokenizer, stats, _ = load_run(run)
@@ -114,16 +113,3 @@ def ask_stream(run: str, video: str, question: str | None = None, at: list[float
                   f"{', '.join(f'{t:g}' for t in pending)} s", file=log)
         answer(round(seen, 1))
     return answers
-
-
-def cli_ask(args) -> int:
-    if args.window is not None and args.window < 1:
-        raise UsageError(f"--window takes a number of chunks >= 1, got {args.window}")
-    if args.whole or args.at:
-        ask_stream(args.run, args.video, args.question, parse_times(args.at) if args.at else None,
-                   args.start, args.end, args.window, whole=args.whole, log=sys.stderr)
-    else:
-        if args.window is not None:
-            raise UsageError("--window applies to streaming: add --whole or --at")
-        print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))
-    return 0

@@ -1,33 +1,163 @@
-"""The `mirasol` command. Each subcommand parses its arguments here and hands them to the module
-that owns the work, imported lazily so that `mirasol --help` is instant."""
+"""The `mirasol` command. Each subcommand parses its arguments here and its handler below hands
+them, as plain paths and numbers, to the module that owns the work. Those modules are imported
+inside the handlers, so that `mirasol --help` is instant and importing this module imports no torch."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
+import shlex
 import sys
+from pathlib import Path
 
-from mirasol.errors import MirasolError
+from mirasol.errors import MirasolError, UsageError
 
-# subcommand -> (module, function, one-line help)
+
+# --- the handlers: argparse's namespace in, an exit status out ------------------------------
+def cmd_synth(args) -> int:
+    from mirasol.corpora.synth import synthesize
+
+    num = getattr(args, "num", None)
+    seed = getattr(args, "seed", 0)
+    seed = 0 if seed is None else seed
+    result = synthesize(args.out, num=num, seed=seed)
+    print(f"wrote {result['num']} clips to {result['out']} in {result['seconds']:.1f} s "
+          f"({result['clips_per_second']:.1f} clips/s)")
+    for split, path in result["manifests"].items():
+        print(f"  {split:5s}: {result['clips'][split]:5d} clips, {result['rows'][split]:6d} rows -> {path}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from mirasol.data.cache import prepare, print_report, require_clips
+    from mirasol.run_config import load_model_config
+
+    cfg = load_model_config(args.config)
+    report = prepare(args.manifest, args.out, cfg, workers=args.workers, store=args.store)
+    print_report(report, args.out)
+    require_clips(report, ", ".join(args.manifest), args.out)  # some clips skipped is fine, none usable is not
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """Exit 0 if any rows were written, 1 if none; an input error raises ConvertError (`main`
+    prints it and exits with 2)."""
+    from mirasol.corpora.adapters import convert
+
+    stats = convert(args.format, args.annotations, args.videos, args.out, verbose=True)
+    print(stats.summary())
+    if not stats.written:
+        hint = " (are the videos downloaded into --videos?)" if stats.missing else ""
+        print(f"mirasol convert: no rows written{hint}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args) -> int:
+    import json
+
+    import torch.distributed as dist
+
+    from mirasol.config import ConfigError
+    from mirasol.run_config import load_run_config
+    from mirasol.train.loop import train
+
+    # errors in the input reach `main`, which prints them as one line
+    try:
+        run_cfg = load_run_config(args.config, args.overrides)
+        for path in [args.train] + ([args.val] if args.val else []):
+            if not Path(path).exists():
+                raise ConfigError(f"manifest {path} does not exist")
+        summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from mirasol.eval.evaluate import evaluate, format_table
+
+    report = evaluate(args.run, args.manifest, args.out)  # input errors: printed by `main`
+    print(format_table(report))
+    print(f"report: {args.out}  predictions: {Path(args.out).with_name(report['predictions'])}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from mirasol.ask import ask, ask_stream, parse_times
+
+    if args.window is not None and args.window < 1:
+        raise UsageError(f"--window takes a number of chunks >= 1, got {args.window}")
+    if args.whole or args.at:
+        ask_stream(args.run, args.video, args.question, parse_times(args.at) if args.at else None,
+                   args.start, args.end, args.window, whole=args.whole, log=sys.stderr)
+    else:
+        if args.window is not None:
+            raise UsageError("--window applies to streaming: add --whole or --at")
+        print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from mirasol.quickstart import quickstart
+
+    quickstart(args.out)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from mirasol.perf import run
+
+    options = {}
+    if args.preset:
+        options["preset"] = args.preset
+    if args.batch:
+        options["batch_sizes"] = tuple(int(b) for b in args.batch.split(","))
+    if args.combiner:
+        options["combiners"] = tuple(args.combiner.split(","))
+    if args.questions_per_clip:
+        options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
+    if args.precision:
+        options["precision"] = args.precision
+    if options and args.what not in ("step", "all"):
+        raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision apply to `bench step` only")
+    run(args.what, args.out, options)
+    return 0
+
+
+def cmd_consolidate(args) -> int:
+    from mirasol.run_dir import SHARDED, consolidate, is_sharded, latest_checkpoint
+
+    path = Path(args.checkpoint)
+    checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    if checkpoint is None or not is_sharded(checkpoint):
+        print(f"mirasol consolidate: {path} is not a checkpoint of a train.strategy=fsdp run "
+              f"(no {SHARDED}/ folder)", file=sys.stderr)
+        return 2
+    out = consolidate(checkpoint, args.out)
+    print(f"wrote {out / 'model.safetensors'}; load it with Mirasol.from_pretrained('{out}')")
+    return 0
+
+
+# subcommand -> (handler, one-line help)
 COMMANDS = {
-    "synth": ("mirasol.datasets.synth", "cli_synth", "write the built-in audio-visual dataset (mp4 + manifests)"),
-    "prepare": ("mirasol.data.cache", "cli_prepare", "decode a manifest's clips once into a cache"),
-    "convert": ("mirasol.datasets.adapters", "cli_convert", "official dataset annotations -> manifest"),
-    "train": ("mirasol.train.loop", "cli_train", "train a model"),
-    "evaluate": ("mirasol.eval.evaluate", "cli_evaluate", "evaluate a trained run on a manifest"),
-    "ask": ("mirasol.ask", "cli_ask", "ask a trained run about a video file"),
-    "quickstart": ("mirasol.quickstart", "cli_quickstart", "synth + train + evaluate on the built-in dataset"),
-    "bench": ("mirasol.bench", "cli_bench", "performance benchmarks"),
-    "consolidate": ("mirasol.run_dir", "cli_consolidate",
-                    "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
+    "synth": (cmd_synth, "write the built-in audio-visual dataset (mp4 + manifests)"),
+    "prepare": (cmd_prepare, "decode a manifest's clips once into a cache"),
+    "convert": (cmd_convert, "official dataset annotations -> manifest"),
+    "train": (cmd_train, "train a model"),
+    "evaluate": (cmd_evaluate, "evaluate a trained run on a manifest"),
+    "ask": (cmd_ask, "ask a trained run about a video file"),
+    "quickstart": (cmd_quickstart, "synth + train + evaluate on the built-in dataset"),
+    "bench": (cmd_bench, "performance benchmarks"),
+    "consolidate": (cmd_consolidate, "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     # light (dataclasses + yaml, no torch), so --help stays instant
-    from mirasol.train.config import config_keys_help
+    from mirasol.run_config import config_keys_help
 
     parser = argparse.ArgumentParser(
         prog="mirasol",
@@ -37,12 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the full traceback of an input error (also: MIRASOL_DEBUG=1), for bug reports")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("synth", help=COMMANDS["synth"][2], description=COMMANDS["synth"][2])
+    p = sub.add_parser("synth", help=COMMANDS["synth"][1], description=COMMANDS["synth"][1])
     p.add_argument("--out", required=True, help="output folder (videos + train/val/test.jsonl)")
     p.add_argument("--num", type=int, default=None, help="number of clips in all (default: the preset's size)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
 
-    p = sub.add_parser("prepare", help=COMMANDS["prepare"][2], description=COMMANDS["prepare"][2])
+    p = sub.add_parser("prepare", help=COMMANDS["prepare"][1], description=COMMANDS["prepare"][1])
     p.add_argument("--manifest", required=True, nargs="+", help="manifest(s), JSON Lines")
     p.add_argument("--out", required=True, help="cache folder (resumable; report.json is written there)")
     p.add_argument("--config", default=None, help="model config YAML or run dir whose media settings to use "
@@ -53,14 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "raw, h264, jpeg, or none (only checked; the loader decodes them on the fly). "
                         "Default: auto")
 
-    p = sub.add_parser("convert", help=COMMANDS["convert"][2], description=COMMANDS["convert"][2])
+    p = sub.add_parser("convert", help=COMMANDS["convert"][1], description=COMMANDS["convert"][1])
     p.add_argument("--format", required=True,
                    choices=["msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave"])
     p.add_argument("--annotations", required=True, nargs="+", help="the official annotation file(s), unchanged")
     p.add_argument("--videos", required=True, help="folder holding the downloaded videos")
     p.add_argument("--out", required=True, help="manifest to write (JSON Lines)")
 
-    p = sub.add_parser("train", help=COMMANDS["train"][2], description=COMMANDS["train"][2],
+    p = sub.add_parser("train", help=COMMANDS["train"][1], description=COMMANDS["train"][1],
                        epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config file, or a packaged config's name (listed below)")
     p.add_argument("--train", required=True, help="training manifest")
@@ -69,12 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 model.combiner=ttm")
 
-    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][2], description=COMMANDS["evaluate"][2])
+    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], description=COMMANDS["evaluate"][1])
     p.add_argument("--run", required=True, help="run directory of a trained model")
     p.add_argument("--manifest", required=True, help="manifest to evaluate on")
     p.add_argument("--out", required=True, help="report JSON to write (predictions.jsonl goes beside it)")
 
-    p = sub.add_parser("ask", help=COMMANDS["ask"][2], description=COMMANDS["ask"][2])
+    p = sub.add_parser("ask", help=COMMANDS["ask"][1], description=COMMANDS["ask"][1])
     p.add_argument("--run", required=True, help="run directory of a trained model")
     p.add_argument("video", help="video file")
     p.add_argument("question", nargs="?", default=None, help="question; leave out for a caption")
@@ -87,15 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
                    help="with --whole/--at: the AV model attends to the last CHUNKS chunks only (bounded memory)")
 
-    p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][2], description=COMMANDS["quickstart"][2])
+    p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][1], description=COMMANDS["quickstart"][1])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
 
-    p = sub.add_parser("consolidate", help=COMMANDS["consolidate"][2], description=COMMANDS["consolidate"][2])
+    p = sub.add_parser("consolidate", help=COMMANDS["consolidate"][1], description=COMMANDS["consolidate"][1])
     p.add_argument("checkpoint", help="a checkpoint folder (RUN/checkpoints/step_N), or a run: its latest checkpoint")
     p.add_argument("--out", default=None, help="folder to write config.json + model.safetensors to "
                    "(default: the checkpoint folder itself)")
 
-    p = sub.add_parser("bench", help=COMMANDS["bench"][2], description=COMMANDS["bench"][2])
+    p = sub.add_parser("bench", help=COMMANDS["bench"][1], description=COMMANDS["bench"][1])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")
     p.add_argument("--out", default=None, help="write results as JSON here")
     p.add_argument("--preset", default=None, help="step: model preset (default: tiny)")
@@ -130,21 +260,62 @@ def error_message(err: BaseException) -> str:
     return text
 
 
+def train_command(args, resume: bool) -> str:
+    """The `mirasol train` command line of `args`, with or without --resume."""
+    argv = ["mirasol", "train", "--config", args.config, "--train", args.train]
+    argv += ["--val", args.val] if args.val else []
+    argv += ["--out", args.out, *args.overrides] + (["--resume"] if resume else [])
+    return shlex.join(str(a) for a in argv)
+
+
+def interrupted_message(args) -> str:
+    """One line for Ctrl-C: what was interrupted and how to go on."""
+    head = f"mirasol {args.command}: interrupted"
+    again = "run the same command again to go on"
+    if args.command == "train":
+        from mirasol.run_dir import latest_checkpoint
+
+        out = Path(args.out)
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is not None:
+            return (f"{head}; the last checkpoint written is {checkpoint}: go on from it with "
+                    f"`{train_command(args, resume=True)}`")
+        start = f"delete {out} (or choose another --out) and run" if out.is_dir() and any(out.iterdir()) else "run"
+        return (f"{head} before the first checkpoint: no checkpoint was written yet, so the run must start "
+                f"again: {start} `{train_command(args, resume=False)}` (the clip cache keeps every clip "
+                f"already stored)")
+    if args.command == "prepare":
+        return f"{head}; the cache {args.out} keeps every clip already stored: {again}"
+    if args.command == "evaluate":
+        return f"{head}; no report was written, the clip cache keeps every clip already stored: {again}"
+    if args.command == "quickstart":
+        return (f"{head}; the dataset, clip cache and checkpoints in {args.out} are kept: {again} "
+                f"where it stopped")
+    return f"{head} before it finished: run the same command again to start it over"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
-    module, func, _ = COMMANDS[args.command]
+    handler, _ = COMMANDS[args.command]
+    debug = args.debug or os.environ.get("MIRASOL_DEBUG", "") not in ("", "0")
     try:
-        handler = getattr(importlib.import_module(module), func)
         return int(handler(args) or 0)
     except USER_ERRORS as err:
-        if args.debug or os.environ.get("MIRASOL_DEBUG", "") not in ("", "0"):
+        if debug:
             raise
         print(f"mirasol {args.command}: error: {error_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+    # Ctrl-C. Printed once the except clause has let go of the interrupted frames, so that a
+    # progress bar they held has closed its line before ours.
+    print(interrupted_message(args), file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,20 @@ CLIP_WINDOWS = ("start", "center", "uniform")
 MISSING_AUDIO = ("zeros", "skip", "error")
 AUDIO_FEATURES = ("log_mel", "whisper")
 
+# Names every layer shares, defined once here at the bottom.
+IGNORE_INDEX = -100  # label of a token that is not scored (prompt, padding): PyTorch's cross-entropy default
+BACKBONE_KEYS = ("text_backbone", "video_backbone", "audio_backbone")  # config keys naming pretrained folders
+STORES = ("auto", "raw", "h264", "jpeg", "none")  # how the clip store keeps clips (data.store)
+HF_EXTRA = 'pip install -e ".[hf]"  (transformers and peft)'
+
+
+def require_hf(what: str) -> None:
+    """Fail early, naming the extra to install, when `what` needs transformers and it is missing."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{what} needs the optional `hf` extra: {HF_EXTRA}") from None
+
 
 class ConfigError(MirasolError, ValueError):
     """A config key is unknown, or values are inconsistent. The message names the key."""

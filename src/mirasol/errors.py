@@ -8,12 +8,12 @@ been (ConfigError is still a ValueError, CacheError a RuntimeError), so existing
 keep working:
 
     ConfigError    mirasol.config            config keys and values, overrides, config files
-    ManifestError  mirasol.datasets.manifest a manifest row (file:line, key)
-    ConvertError   mirasol.datasets.adapters official annotation files
+    ManifestError  mirasol.data.manifest a manifest row (file:line, key)
+    ConvertError   mirasol.corpora.adapters official annotation files
     MediaError     mirasol.media.decode      a video file that cannot be used
     CacheError     mirasol.data.cache        a clip cache folder
     TokenizerError mirasol.data.tokenizer    a tokenizer file or a text that cannot be encoded
-    CheckpointError mirasol.run_dir          a checkpoint refused (unsafe) or unreadable
+    CheckpointError here                     a checkpoint or saved model refused (unsafe) or unreadable
     UsageError     here                      a command-line argument value that cannot work
 """
 
@@ -22,6 +22,11 @@ from __future__ import annotations
 
 class MirasolError(Exception):
     """Base of every error caused by the user's input; its message names the file/key and the fix."""
+
+
+class CheckpointError(MirasolError):
+    """A checkpoint or saved-model file was refused (not plain tensors) or cannot be read. The message
+    names the file and what to do (raised by Mirasol.from_pretrained and mirasol.run_dir)."""
 
 
 class UsageError(MirasolError, ValueError):

@@ -14,9 +14,9 @@ QUICKSTART_CLIPS = 3000  # 11 questions each; the relational families need this 
 
 def quickstart(out: str | Path = "quickstart", num: int = QUICKSTART_CLIPS, overrides: list[str] = (),
                seed: int = 0, progress: bool = True) -> dict:
-    from mirasol.datasets.synth import synthesize
+    from mirasol.corpora.synth import synthesize
     from mirasol.eval.evaluate import evaluate, format_table
-    from mirasol.train.config import load_run_config
+    from mirasol.run_config import load_run_config
     from mirasol.train.loop import train
 
     out = Path(out)
@@ -56,8 +56,3 @@ def _steps_done(run: Path) -> int:
         return 0
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.strip()]
     return max(steps, default=0)
-
-
-def cli_quickstart(args) -> int:
-    quickstart(args.out)
-    return 0

@@ -22,22 +22,18 @@ import json
 import pickle
 import re
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from mirasol.data.tokenizer import MirasolTokenizer
-from mirasol.datasets.manifest import family, normalize_answer
-from mirasol.errors import MirasolError
+from mirasol.data.manifest import family, normalize_answer
+from mirasol.errors import CheckpointError
+from mirasol.model import Mirasol
+from mirasol.run_config import load_run_config
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(MirasolError):
-    """A checkpoint file was refused (not plain tensors) or cannot be read. The message names the file."""
 
 
 # --- run files written once at the start of training ---------------------------------------
@@ -60,12 +56,12 @@ def write_run_files(run: Path, run_config: dict, tokenizer: MirasolTokenizer, st
     (run / "train_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
 
 
-def load_tokenizer(run: str | Path) -> MirasolTokenizer:
-    """The run's tokenizer: ours, or its text backbone's own (with the special ids of its config)."""
+def load_tokenizer(run: str | Path, cfg=None) -> MirasolTokenizer:
+    """The run's tokenizer: ours, or its text backbone's own (with the special ids of its config).
+    `cfg`: the run's model config, when the caller has read it already."""
     from mirasol.data.tokenizer import tokenizer_for
-    from mirasol.train.config import load_model_config
 
-    return tokenizer_for(load_model_config(run), Path(run) / "tokenizer.json")
+    return tokenizer_for(cfg if cfg is not None else load_run_config(run).model, Path(run) / "tokenizer.json")
 
 
 def load_train_stats(run: str | Path) -> dict:
@@ -74,23 +70,15 @@ def load_train_stats(run: str | Path) -> dict:
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer, train stats, run config) of a finished (or checkpointed) run."""
-    from mirasol.model import Mirasol
-    from mirasol.train.config import load_run_config
-
+    """(model, tokenizer, train stats, run config) of a finished (or checkpointed) run. config.json
+    is read once, here."""
     run = Path(run)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run / name} not found: is {run} a finished `mirasol train` run directory?")
     run_cfg = load_run_config(run)
-    if any(getattr(run_cfg.model, key) for key in Mirasol.BACKBONES):
-        from mirasol.pretrained import build_saved_model  # the backbone folders, hash-checked
-
-        model = build_saved_model(run_cfg.model, run)
-    else:
-        model = Mirasol(run_cfg.model)  # what Mirasol.from_pretrained does, with errors that name the file
-    load_weights(model, run / "model.safetensors", device)
-    return model.to(device).eval(), load_tokenizer(run), load_train_stats(run), run_cfg
+    model = Mirasol.from_pretrained(run, device, config=run_cfg.model)
+    return model, load_tokenizer(run, run_cfg.model), load_train_stats(run), run_cfg
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -136,11 +124,13 @@ def is_sharded(checkpoint: Path) -> bool:
 
 
 def save_sharded_checkpoint(run: Path, model, optimizer, run_config: dict, train_state: dict, step: int,
-                            keep: int, full_state: dict | None = None) -> Path:
+                            keep: int, consolidated=None) -> Path:
     """A checkpoint of an FSDP run; every process calls this. Each process writes its shards of the
     model and optimizer (torch.distributed.checkpoint, into a temp folder); rank 0 adds config,
-    train_state.pt and, given `full_state` (the gathered model), a consolidated model.safetensors,
-    then renames the folder: as atomic as `save_checkpoint`. The folder must be visible to every
+    train_state.pt and, given `consolidated` (an unsharded copy of the model, see
+    train/distributed.py), model.safetensors written by its save_pretrained (tied weights once,
+    frozen backbone weights left to their folders, backbones.json), then renames the folder: as
+    atomic as `save_checkpoint`. The folder must be visible to every
     process (one machine, or a shared file system)."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -158,19 +148,16 @@ def save_sharded_checkpoint(run: Path, model, optimizer, run_config: dict, train
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / SHARDED)
     dist.barrier()
     if main:
-        from safetensors.torch import save_file
-
         (tmp / "config.json").write_text(json.dumps(run_config, indent=2, sort_keys=True))
         torch.save(train_state, tmp / "train_state.pt")
-        if full_state:
-            save_file({k: v.contiguous() for k, v in full_state.items()}, str(tmp / "model.safetensors"),
-                      metadata={"format": "pt"})
+        if consolidated is not None:
+            consolidated.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for name in ("config.json", "model.safetensors", "train_state.pt"):
+        for name in ("config.json", "model.safetensors", "train_state.pt", "backbones.json"):
             if (final / name).exists():
                 _atomic_copy(final / name, run / name)
-            else:  # no consolidated weights at this save: do not leave older ones beside a newer state
+            elif name != "backbones.json":  # no consolidated weights at this save: do not leave older ones beside a newer state
                 (run / name).unlink(missing_ok=True)
         for old in checkpoint_dirs(run)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -204,13 +191,11 @@ def consolidate(checkpoint: str | Path, out: str | Path | None = None) -> Path:
     `train.save_consolidated`. Needs the whole model in CPU memory. Returns the folder written."""
     import torch.distributed.checkpoint as dcp
 
-    from mirasol.model import Mirasol
-    from mirasol.train.config import load_run_config
-
     checkpoint = Path(checkpoint)
     if not is_sharded(checkpoint):
         raise FileNotFoundError(f"{checkpoint / SHARDED} not found: not a checkpoint of a train.strategy=fsdp run")
-    model = Mirasol(load_run_config(checkpoint).model)
+    run_cfg = load_run_config(checkpoint)
+    model = Mirasol.build(run_cfg.model, run_cfg.train.freeze, run_cfg.train.lora)
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "no process group: loading in a single process" is the point here
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -224,16 +209,6 @@ def consolidate(checkpoint: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def cli_consolidate(args) -> int:
-    path = Path(args.checkpoint)
-    checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
-    if checkpoint is None or not is_sharded(checkpoint):
-        print(f"mirasol consolidate: {path} is not a checkpoint of a train.strategy=fsdp run "
-              f"(no {SHARDED}/ folder)", file=sys.stderr)
-        return 2
-    out = consolidate(checkpoint, args.out)
-    print(f"wrote {out / 'model.safetensors'}; load it with Mirasol.from_pretrained('{out}')")
-    return 0
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -241,30 +216,12 @@ def latest_checkpoint(run: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def load_weights(model, file: Path, device: str | torch.device = "cpu") -> None:
-    try:
-        model.load_trained_weights(file, device=str(device))  # a backbone's frozen weights are not in the file
-    except (SafetensorError, RuntimeError, ValueError) as err:
-        raise _weights_error(file, err) from None
-
-
-def _weights_error(file: Path, err: Exception) -> CheckpointError:
-    if isinstance(err, SafetensorError):
-        return CheckpointError(f"{file}: not a readable safetensors file ({err}); the file is damaged")
-    # load_state_dict: missing or unexpected keys, other shapes; the first of them is enough
-    detail = " ".join(str(err).split())
-    if len(detail) > 300:
-        detail = detail[:detail.rfind(". ", 0, 300) + 1] + " ..."
-    return CheckpointError(f"{file} does not fit the model this config builds; were the model settings "
-                           f"changed since it was trained? ({detail})")
-
-
 def load_train_state(checkpoint: Path) -> dict:
     """The optimizer, scheduler, step and RNG state. Loaded with weights_only=True: a file holding
     anything but tensors, numbers and containers is refused, since unpickling it could run code."""
     file = checkpoint / "train_state.pt"
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))  # the class or function it would have imported
         what = f"it holds a pickled {found.group(1)}" if found else "it is not in torch's tensor format"
@@ -276,3 +233,13 @@ def load_train_state(checkpoint: Path) -> dict:
         detail = " ".join(str(err).split())[:200] or "empty file"
         raise CheckpointError(f"{file}: not a readable checkpoint ({detail}); the file is damaged: "
                               f"delete {checkpoint} to resume from the checkpoint before it") from None
+    # the optimizer's state of a train.strategy=fsdp checkpoint is in its sharded/ files instead
+    needed = ["step", "scheduler", "rng"] + ([] if is_sharded(checkpoint) else ["optimizer"])
+    missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+    if missing:
+        what = "" if isinstance(state, dict) else f" (it holds a {type(state).__name__}, not a dict)"
+        raise CheckpointError(
+            f"{file} lacks the key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} that "
+            f"--resume needs{what}, so it was not written by `mirasol train`: delete {checkpoint} to resume "
+            f"from the checkpoint before it, or start a new run")
+    return state

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import zlib
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from mirasol.config import MirasolConfig
+from mirasol.config import STORES, MirasolConfig
 from mirasol.data import codecs
 from mirasol.errors import MirasolError
 
@@ -56,7 +57,6 @@ def clip_key(video: str, start: float | None, end: float | None) -> str:
     return f"{os.path.abspath(video)}|{'' if start is None else f'{start:g}'}|{'' if end is None else f'{end:g}'}"
 
 
-STORES = ("auto", "raw", "h264", "jpeg", "none")
 # auto: raw up to 1 MiB of video per clip (tiny 24 KB, small 384 KB: reading is a copy, and 10k clips
 # take under 10 GB), h264 above (base 9.2 MiB, mirasol3b 18.4 MiB). benchmarks/README.md, "store".
 AUTO_RAW_LIMIT = 1 << 20
@@ -136,6 +136,9 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool and prints
+    # one line (`mirasol.cli.main`); a worker must not print a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _read_entries(path: Path) -> dict[str, dict]:
@@ -310,7 +313,7 @@ def prepare(manifests: Sequence[str | os.PathLike], out: str | os.PathLike, cfg:
             samples: list | None = None) -> dict:
     """Cache every clip the manifests refer to (in the `store` format); write and return the report.
     `samples`: the manifests' rows when the caller has read them already (not read again)."""
-    from mirasol.datasets.manifest import read_manifest
+    from mirasol.data.manifest import read_manifest
 
     if samples is None:
         samples = [s for m in manifests for s in read_manifest(m)]
@@ -347,13 +350,3 @@ def require_clips(report: dict, manifest: str | os.PathLike, out: str | os.PathL
     if report["ok"] == 0:
         first = f" (first: {report['skipped'][0]['reason']})" if report["skipped"] else ""
         raise CacheError(f"no clip of {manifest} could be decoded{first}; see {Path(out) / 'report.json'}")
-
-
-def cli_prepare(args) -> int:
-    from mirasol.train.config import load_model_config
-
-    cfg = load_model_config(args.config)
-    report = prepare(args.manifest, args.out, cfg, workers=args.workers, store=args.store)
-    print_report(report, args.out)
-    require_clips(report, ", ".join(args.manifest), args.out)  # some clips skipped is fine, none usable is not
-    return 0

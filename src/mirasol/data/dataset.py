@@ -8,11 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mirasol.config import ConfigError
+from mirasol.config import IGNORE_INDEX, ConfigError
 from mirasol.data.cache import ClipCache, clip_key
-from mirasol.datasets.manifest import Sample, prompt_text
+from mirasol.data.manifest import Sample, prompt_text
 from mirasol.data.tokenizer import MirasolTokenizer, TokenizerError
-from mirasol.model import IGNORE_INDEX
 
 
 class ClipDataset(Dataset):
@@ -155,3 +154,21 @@ class EpochBatches:
         while True:
             yield self.batch(b)
             b += 1
+
+
+def ready_clips(manifests, cache_dir, data_cfg, model_cfg, samples=None, progress: bool = True) -> None:
+    """Get a manifest's clips ready in the clip store, for training and evaluation alike: decode those
+    not stored yet (data_cfg: a run config's `data` section: store format, decoding processes),
+    print the report, and fail when none of the first manifest's clips could be used."""
+    from mirasol.data.cache import prepare, print_report, require_clips
+
+    report = prepare(manifests, cache_dir, model_cfg, workers=data_cfg.prepare_workers, progress=progress,
+                     store=data_cfg.store, samples=samples)
+    print_report(report, cache_dir)
+    require_clips(report, manifests[0], cache_dir)
+
+
+def open_dataset(samples, cache_dir, data_cfg, model_cfg, tokenizer) -> ClipDataset:
+    """The dataset of manifest rows whose clips are in the store (see ready_clips)."""
+    max_len = data_cfg.max_text_len or model_cfg.max_text_len
+    return ClipDataset(samples, ClipCache(cache_dir, model_cfg, store=data_cfg.store), tokenizer, max_len)

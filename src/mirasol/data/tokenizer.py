@@ -35,11 +35,11 @@ from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mirasol.config import IGNORE_INDEX
 from mirasol.errors import MirasolError
 
 PAD, BOS, EOS, SEP = "<pad>", "<bos>", "<eos>", "<sep>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, SEP)  # ids 0, 1, 2, 3
-IGNORE_INDEX = -100
 TOKENIZER_FILE = "tokenizer.json"
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # specials + one symbol per byte
 
@@ -255,7 +255,7 @@ def pad_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id
 def tokenizer_texts(samples) -> list[str]:
     """The texts a tokenizer should be trained on for these samples: prompts (questions and the
     fixed task prompts), answers and choices."""
-    from mirasol.datasets.manifest import TASK_PROMPTS, prompt_text
+    from mirasol.data.manifest import TASK_PROMPTS, prompt_text
 
     texts = list(TASK_PROMPTS.values())
     for sample in samples:
@@ -269,7 +269,7 @@ def tokenizer_texts(samples) -> list[str]:
 def train_tokenizer_from_manifests(paths: Iterable[str | os.PathLike] | str | os.PathLike, vocab_size: int = 512,
                                    min_frequency: int = 1) -> MirasolTokenizer:
     """Read manifests (one path or several) and train a tokenizer on their text."""
-    from mirasol.datasets.manifest import read_manifest
+    from mirasol.data.manifest import read_manifest
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -279,7 +279,7 @@ def train_tokenizer_from_manifests(paths: Iterable[str | os.PathLike] | str | os
 
 class BackboneTokenizer(MirasolTokenizer):
     """A pretrained LM's own tokenizer (its tokenizer.json) with Mirasol's sequence format: the
-    special ids come from the model config (mirasol.pretrained.resolve_config: bos/eos are the LM's,
+    special ids come from the model config (mirasol.model.pretrained.resolve_config: bos/eos are the LM's,
     pad and sep are new ids after its vocabulary, with their own learned embeddings)."""
 
     def __init__(self, tokenizer: Tokenizer, cfg):

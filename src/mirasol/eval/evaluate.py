@@ -1,4 +1,4 @@
-"""`mirasol evaluate`: a trained run + a manifest -> the evaluation report (DESIGN.md).
+"""`mirasol evaluate`: a trained run + a manifest -> the evaluation report (docs/design.md).
 
 Deterministic: greedy decoding, best-scoring choice when a row has `choices`, closed-set scoring
 for `classify` (labels seen in training). Accuracy is normalised exact match
@@ -9,7 +9,6 @@ type. Caption rows also get corpus BLEU and CIDEr-D.
 
 from __future__ import annotations
 
-import collections
 import json
 import sys
 from pathlib import Path
@@ -17,11 +16,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mirasol.data.cache import ClipCache, default_cache_dir, prepare, print_report, require_clips
-from mirasol.data.dataset import ClipDataset, collate
-from mirasol.datasets.manifest import family, normalize_answer, read_manifest
+from mirasol.data.cache import default_cache_dir
+from mirasol.data.dataset import collate, open_dataset, ready_clips
+from mirasol.data.manifest import read_manifest
 from mirasol.eval.predict import predict
+from mirasol.eval.scoring import score_rows, summarize
 from mirasol.run_dir import load_run
+
+__all__ = ["evaluate", "format_table", "summarize"]
 
 
 def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size: int = 32,
@@ -29,14 +31,10 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, stats, run_cfg = load_run(run, device)
     samples = read_manifest(manifest)
-    store = run_cfg.data.store  # the run's store format (auto unless it was trained with another)
-    cache_dir = Path(cache) if cache else default_cache_dir(manifest, model.cfg, store)
-    report_prep = prepare([manifest], cache_dir, model.cfg, workers=run_cfg.data.prepare_workers, progress=progress,
-                          store=store)
-    print_report(report_prep, cache_dir)
-    require_clips(report_prep, manifest, cache_dir)
-    max_len = run_cfg.data.max_text_len or model.cfg.max_text_len
-    dataset = ClipDataset(samples, ClipCache(cache_dir, model.cfg, store=store), tokenizer, max_len)
+    # the run's store format (auto unless it was trained with another)
+    cache_dir = Path(cache) if cache else default_cache_dir(manifest, model.cfg, run_cfg.data.store)
+    ready_clips([manifest], cache_dir, run_cfg.data, model.cfg, progress=progress)
+    dataset = open_dataset(samples, cache_dir, run_cfg.data, model.cfg, tokenizer)
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,17 +46,14 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     with torch.no_grad():
         for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating", unit="batch",
                           disable=not progress, file=sys.stderr):
-            items = [dataset[i] for i in order[start:start + batch_size]]
-            batch = collate(items, tokenizer.pad_id)
+            batch = collate([dataset[i] for i in order[start:start + batch_size]], tokenizer.pad_id)
             batch_samples = [dataset.samples[i] for i in batch["index"].tolist()]
             answers = predict(model, tokenizer, batch["video"].to(device), batch["audio"].to(device),
                               batch["prompt_ids"].to(device), batch_samples, labels=stats.get("labels"),
                               media_index=batch["media_index"].to(device),
                               chunk_mask=batch["chunk_mask"].to(device))
-            for i, s, answer in zip(batch["index"].tolist(), batch_samples, answers):
-                rows[i] = {"id": s.id, "type": family(s), "task": s.task, "question": s.question,
-                           "answer": s.answer, "prediction": answer,
-                           "correct": normalize_answer(answer) == normalize_answer(s.answer)}
+            for i, row in zip(batch["index"].tolist(), score_rows(batch_samples, answers)):
+                rows[i] = row
     with open(predictions_file, "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -77,25 +72,6 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
     return report
 
 
-def summarize(rows: list[dict], answer_prior: dict[str, str]) -> dict:
-    """Accuracy overall and per type, with the answer-prior baseline of each."""
-    by_type: dict[str, list[dict]] = collections.defaultdict(list)
-    for r in rows:
-        by_type[r["type"]].append(r)
-    types = {}
-    prior_hits = 0
-    for name in sorted(by_type):
-        group = by_type[name]
-        prior = answer_prior.get(name)
-        hits = sum(prior is not None and normalize_answer(r["answer"]) == prior for r in group)
-        prior_hits += hits
-        types[name] = {"n": len(group), "accuracy": sum(r["correct"] for r in group) / len(group),
-                       "answer_prior": hits / len(group)}
-    n = len(rows)
-    return {"n": n, "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0, "by_type": types,
-            "baselines": {"answer_prior": prior_hits / n if n else 0.0}}
-
-
 def format_table(report: dict) -> str:
     lines = [f"{'type':<16}{'n':>6}{'accuracy':>10}{'prior':>8}{'gain':>8}"]
     for name, t in report["by_type"].items():
@@ -108,10 +84,3 @@ def format_table(report: dict) -> str:
         c = report["caption"]
         lines.append(f"captions: BLEU-4 {c['bleu4']:.3f}  CIDEr {c['cider']:.3f}")
     return "\n".join(lines)
-
-
-def cli_evaluate(args) -> int:
-    report = evaluate(args.run, args.manifest, args.out)  # input errors: printed by mirasol.cli.main
-    print(format_table(report))
-    print(f"report: {args.out}  predictions: {Path(args.out).with_name(report['predictions'])}")
-    return 0

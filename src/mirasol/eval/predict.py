@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mirasol.datasets.manifest import Sample
+from mirasol.data.manifest import Sample
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.model import Mirasol
 
@@ -35,10 +35,10 @@ def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, au
 def predict_from_memory(model: Mirasol, tokenizer: MirasolTokenizer, memory: torch.Tensor, prompt_ids: torch.Tensor,
                         samples: list[Sample], labels: list[str] | None = None, max_new_tokens: int = 24,
                         memory_mask: torch.Tensor | None = None) -> list[str]:
-    """`predict` from latents already computed (memory [B, M, av_dim], e.g. a stream's), one row each."""
-    from mirasol.model.generation import generate, score_candidates
-
-    cfg = model.cfg
+    """`predict` from latents already computed (memory [B, M, av_dim] or latents [B, T, m, av_dim],
+    e.g. a stream's), one row each. Calls the model's generate_from_latents and
+    score_candidates_from_latents, the inference path every caller shares."""
+    memory = model.decoder_memory(memory)
     answers: list[str | None] = [None] * len(samples)
     free, by_options = [], {}
     for i, s in enumerate(samples):
@@ -52,17 +52,15 @@ def predict_from_memory(model: Mirasol, tokenizer: MirasolTokenizer, memory: tor
         per_call = max(1, MAX_SCORED_SEQUENCES // len(options))
         for start in range(0, len(rows), per_call):
             index = torch.tensor(rows[start:start + per_call], device=memory.device)
-            scores = score_candidates(model.text_decoder, memory[index], prompt_ids[index],
-                                      [candidates] * len(index), pad_id=cfg.pad_token_id,
-                                      eos_id=cfg.eos_token_id, append_eos=False,
-                                      memory_mask=None if memory_mask is None else memory_mask[index])
+            scores = model.score_candidates_from_latents(
+                memory[index], prompt_ids[index], [candidates] * len(index), append_eos=False,
+                memory_mask=None if memory_mask is None else memory_mask[index])
             for i, best in zip(index.tolist(), scores.argmax(-1).tolist()):
                 answers[i] = options[best]
     if free:
         index = torch.tensor(free)
-        out = generate(model.text_decoder, memory[index], prompt_ids[index], max_new_tokens,
-                       pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id,
-                       memory_mask=None if memory_mask is None else memory_mask[index])
+        out = model.generate_from_latents(memory[index], prompt_ids[index], max_new_tokens,
+                                          memory_mask=None if memory_mask is None else memory_mask[index])
         for i, row in zip(free, out.tolist()):
             answers[i] = tokenizer.decode_answer(row)
     return answers  # type: ignore[return-value]

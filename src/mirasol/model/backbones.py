@@ -1,5 +1,5 @@
 """Pretrained parts as Mirasol modules. Each wraps an already built Hugging Face module (this file
-imports no `transformers`; mirasol/pretrained.py loads the folders):
+imports no `transformers`; mirasol/model/pretrained.py loads the folders):
 
 - LMDecoder: a causal LM as the text decoder, with a tanh-gated cross-attention layer to the AV
   latents after every k-th LM layer (Flamingo-style, gates start at 0, so the LM is unchanged at
@@ -61,7 +61,7 @@ class LMDecoder(nn.Module):
         self.lm_vocab = lm.get_input_embeddings().weight.shape[0]
         if cfg.vocab_size <= self.lm_vocab:
             raise ValueError(f"vocab_size={cfg.vocab_size} must exceed the LM's {self.lm_vocab} tokens (its extra "
-                             "specials follow them); build the config with mirasol.pretrained.resolve_config")
+                             "specials follow them); build the config with mirasol.model.pretrained.resolve_config")
         dim = lm.config.hidden_size
         self.dim = dim
         layers = decoder_layers(lm)
@@ -177,7 +177,7 @@ class WhisperBackbone(nn.Module):
         super().__init__()
         if cfg.audio_features != "whisper" or cfg.n_mels != encoder.config.num_mel_bins:
             raise ValueError(f"the Whisper encoder needs audio_features='whisper' and n_mels="
-                             f"{encoder.config.num_mel_bins} (mirasol.pretrained.resolve_config sets both)")
+                             f"{encoder.config.num_mel_bins} (mirasol.model.pretrained.resolve_config sets both)")
         self.encoder = encoder
         self.out_dim = encoder.config.d_model
         frames = cfg.audio_frames_per_chunk // (encoder.conv1.stride[0] * encoder.conv2.stride[0])

@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirasol.config import MirasolConfig
+from mirasol.config import BACKBONE_KEYS, IGNORE_INDEX, ConfigError, MirasolConfig
+from mirasol.errors import CheckpointError
 from mirasol.model import generation
 from mirasol.model.av_model import AVModel
+from mirasol.model.chunks import split_chunks
 from mirasol.model.combiner import build_combiner
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.layers import EMBED_STD, Block
@@ -33,7 +35,6 @@ from mirasol.model.text_decoder import TextDecoder
 if TYPE_CHECKING:
     from mirasol.model.stream import MediaStream
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -44,35 +45,14 @@ class MirasolOutput:
     logits: torch.Tensor | None
 
 
-def split_chunks(video: torch.Tensor, audio: torch.Tensor, cfg: MirasolConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut video [B, F, 3, S, S] and audio [B, n_mels, A] into the same T consecutive time spans:
-    chunk t = frames [t*f, (t+1)*f) and audio frames [t*a, (t+1)*a), i.e. seconds
-    [t*chunk_seconds, (t+1)*chunk_seconds) of both. No stride, no overlap.
-    Returns video [B, T, f, 3, S, S] and audio [B, T, n_mels, a]."""
-    f, a = cfg.frames_per_chunk, cfg.audio_frames_per_chunk
-    b, frames = video.shape[:2]
-    if video.dim() != 5 or video.shape[2:] != (3, cfg.image_size, cfg.image_size):
-        raise ValueError(f"video must be [B, F, 3, {cfg.image_size}, {cfg.image_size}], got {list(video.shape)}")
-    if audio.dim() != 3 or audio.shape[1] != cfg.n_mels:
-        raise ValueError(f"audio must be [B, n_mels={cfg.n_mels}, A], got {list(audio.shape)}")
-    if frames % f:
-        raise ValueError(f"video has {frames} frames, not a multiple of frames_per_chunk={f}")
-    t = frames // f
-    if audio.shape[2] != t * a:
-        raise ValueError(f"audio has {audio.shape[2]} frames but {frames} video frames make {t} chunks, "
-                         f"which need {t} x audio_frames_per_chunk={a} = {t * a} audio frames")
-    video_chunks = video.reshape(b, t, f, *video.shape[2:])
-    audio_chunks = audio.reshape(b, cfg.n_mels, t, a).permute(0, 2, 1, 3)
-    return video_chunks, audio_chunks
-
-
 class Mirasol(nn.Module):
     """The whole model. Pretrained parts (cfg.text_backbone / video_backbone / audio_backbone) come
-    in as built modules (model/backbones.py wrappers, made by mirasol.pretrained.build_model, which
+    in as built modules (model/backbones.py wrappers, made by `Mirasol.build`, which
     reads the folders): `text_decoder`, `video_encoder`, `audio_encoder`."""
 
+    # config key (BACKBONE_KEYS) -> the wrapped HF module
     BACKBONES = {"text_backbone": "text_decoder.lm", "video_backbone": "video_encoder.encoder",
-                 "audio_backbone": "audio_encoder.encoder"}  # config key -> the wrapped HF module
+                 "audio_backbone": "audio_encoder.encoder"}
 
     def __init__(self, cfg: MirasolConfig, text_decoder: nn.Module | None = None,
                  video_encoder: nn.Module | None = None, audio_encoder: nn.Module | None = None):
@@ -81,7 +61,7 @@ class Mirasol(nn.Module):
                            ("audio_backbone", audio_encoder)):
             if getattr(cfg, key) is not None and given is None:
                 raise ValueError(f"config key '{key}' names a pretrained folder: build the model with "
-                                 "mirasol.pretrained.build_model(cfg), which loads it (needs the `hf` extra)")
+                                 "Mirasol.build(cfg), which loads it (needs the `hf` extra)")
         self.cfg = cfg
         self.video_encoder = video_encoder or VideoEncoder(cfg)
         self.audio_encoder = audio_encoder or AudioEncoder(cfg)
@@ -198,25 +178,48 @@ class Mirasol(nn.Module):
             return None  # nothing to hide: the unmasked path (and SDPA's fastest kernels)
         return chunk_mask.bool().repeat_interleave(self.cfg.combiner_tokens, dim=1)
 
-    # --- inference ----------------------------------------------------------------------------
+    # --- inference: the one path that ask, evaluate, validation, streaming and benchmarks use ------
+    @staticmethod
+    def decoder_memory(latents: torch.Tensor) -> torch.Tensor:
+        """AV latents [B, T, m, D] (or already flat [B, M, D]) -> the decoder's memory [B, T*m, D]."""
+        return latents.flatten(1, 2) if latents.dim() == 4 else latents
+
+    @torch.no_grad()
+    def generate_from_latents(self, latents: torch.Tensor, prompt_ids: torch.Tensor, max_new_tokens: int = 16,
+                              memory_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Answer tokens [B, n] (ending in EOS, then padding) about media already encoded: latents
+        [B, T, m, D] from `encode_media` or a stream (or [B, M, D] flat), memory_mask [B, M] False
+        where the decoder must not look. kwargs: do_sample, temperature, top_k, top_p, num_beams,
+        length_penalty, use_cache, generator; pad_id / eos_id override the config's (see
+        model/generation.py)."""
+        specials = {"pad_id": self.cfg.pad_token_id, "eos_id": self.cfg.eos_token_id, **kwargs}
+        return generation.generate(self.text_decoder, self.decoder_memory(latents), prompt_ids, max_new_tokens,
+                                   memory_mask=memory_mask, **specials)
+
+    @torch.no_grad()
+    def score_candidates_from_latents(self, latents: torch.Tensor, prompt_ids: torch.Tensor, candidate_ids,
+                                      memory_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Log-likelihood [B, C] of each candidate answer about media already encoded (see
+        generation.score_candidates for candidate_ids and kwargs)."""
+        specials = {"pad_id": self.cfg.pad_token_id, "eos_id": self.cfg.eos_token_id, **kwargs}
+        return generation.score_candidates(self.text_decoder, self.decoder_memory(latents), prompt_ids,
+                                           candidate_ids, memory_mask=memory_mask, **specials)
+
     def generate(self, video, audio, prompt_ids, max_new_tokens: int = 16, chunk_mask=None,
                  max_context_chunks: int | None = None, **kwargs) -> torch.Tensor:
-        """Answer tokens [B, n] (ending in EOS, then padding). kwargs: do_sample, temperature,
-        top_k, top_p, num_beams, length_penalty, use_cache, generator."""
+        """Answer tokens [B, n] about raw media: encode_media, then generate_from_latents."""
         with torch.no_grad():
-            memory = self.encode_media(video, audio, max_context_chunks).flatten(1, 2)
-        return generation.generate(self.text_decoder, memory, prompt_ids, max_new_tokens,
-                                   pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
-                                   memory_mask=self.memory_mask(chunk_mask, video), **kwargs)
+            latents = self.encode_media(video, audio, max_context_chunks)
+        return self.generate_from_latents(latents, prompt_ids, max_new_tokens,
+                                          memory_mask=self.memory_mask(chunk_mask, video), **kwargs)
 
     def score_candidates(self, video, audio, prompt_ids, candidate_ids, chunk_mask=None,
                          max_context_chunks: int | None = None, **kwargs) -> torch.Tensor:
-        """Log-likelihood [B, C] of each candidate answer (see generation.score_candidates)."""
+        """Log-likelihood [B, C] of each candidate answer about raw media."""
         with torch.no_grad():
-            memory = self.encode_media(video, audio, max_context_chunks).flatten(1, 2)
-        return generation.score_candidates(self.text_decoder, memory, prompt_ids, candidate_ids,
-                                           pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
-                                           memory_mask=self.memory_mask(chunk_mask, video), **kwargs)
+            latents = self.encode_media(video, audio, max_context_chunks)
+        return self.score_candidates_from_latents(latents, prompt_ids, candidate_ids,
+                                                  memory_mask=self.memory_mask(chunk_mask, video), **kwargs)
 
     # --- bookkeeping --------------------------------------------------------------------------
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
@@ -256,16 +259,26 @@ class Mirasol(nn.Module):
         return state
 
     def load_trained_weights(self, file: str | Path, device: str | torch.device = "cpu") -> None:
-        """Load a save_pretrained model.safetensors; tensors it leaves out must be frozen backbone ones."""
+        """Load a save_pretrained model.safetensors; tensors it leaves out must be frozen backbone ones.
+        A damaged file, or one that does not fit this model, raises CheckpointError naming the file."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(file), device=str(device))
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        try:
+            state = load_file(str(file), device=str(device))
+        except (SafetensorError, OSError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise CheckpointError(f"{file}: not a readable safetensors file ({err}); the file is damaged") from None
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # other shapes
+            raise _misfit(file, err) from None
         expected_missing = set(self.state_dict()) - set(self.trained_state_dict())
         missing = [k for k in missing if k not in expected_missing]
         if missing or unexpected:
-            raise ValueError(f"{file} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
-                             "(was it saved with other backbones, train.freeze or train.lora settings?)")
+            raise _misfit(file, f"missing {missing[:5]}, unexpected {unexpected[:5]} (was it saved with other "
+                                "backbones, train.freeze or train.lora settings?)")
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -281,7 +294,7 @@ class Mirasol(nn.Module):
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
         tmp.replace(config_file)
-        if getattr(self, "backbone_info", None):  # set by mirasol.pretrained.build_model
+        if getattr(self, "backbone_info", None):  # set by Mirasol.build
             tmp = path / "backbones.json.tmp"
             tmp.write_text(json.dumps(self.backbone_info, indent=2, sort_keys=True))
             tmp.replace(path / "backbones.json")
@@ -289,19 +302,53 @@ class Mirasol(nn.Module):
         (path / "model.safetensors.tmp").replace(path / "model.safetensors")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Mirasol":
+    def build(cls, cfg: MirasolConfig, freeze=(), lora: dict | None = None) -> "Mirasol":
+        """The one way to make a model from a config: plain, or with the pretrained backbones the
+        config names (read from their local folders; needs the `hf` extra), then frozen and given
+        LoRA adapters as asked (train.freeze, train.lora). Call `pretrained.resolve_config` on a
+        config with a text or audio backbone first (the training loop does)."""
+        if not any(getattr(cfg, key) for key in BACKBONE_KEYS):
+            if freeze or lora:
+                raise ConfigError("config keys 'train.freeze' / 'train.lora' need a pretrained backbone (model.*_backbone)")
+            return cls(cfg)
+        from mirasol.model import pretrained
+
+        parts, info = pretrained.load_backbones(cfg)
+        model = cls(cfg, **parts)
+        pretrained.apply_freeze_and_lora(model, freeze, lora)
+        model.backbone_info = {**info, "freeze": sorted(freeze), "lora": lora}
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        config: MirasolConfig | None = None) -> "Mirasol":
+        """The one way to load a saved model (a run directory or a checkpoint folder): its
+        config.json (or `config`, when the caller has parsed it already), the backbones it names
+        (hash-checked against backbones.json) and model.safetensors. In eval mode on `device`."""
         path = Path(path)
         config_file, weights = path / "config.json", path / "model.safetensors"
         for needed in (config_file, weights):
             if not needed.exists():
                 raise FileNotFoundError(f"{needed} not found: {path} is not a saved Mirasol model or run directory")
-        config = json.loads(config_file.read_text())
-        cfg = MirasolConfig.from_dict(config.get("model", config) if isinstance(config.get("model"), dict) else config)
-        if any(getattr(cfg, key) for key in cls.BACKBONES):
-            from mirasol.pretrained import build_saved_model  # reads the backbone folders, checks their hashes
+        if config is None:
+            try:
+                raw = json.loads(config_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{config_file}: not valid JSON ({err}); the file is damaged") from None
+            config = MirasolConfig.from_dict(raw["model"] if isinstance(raw.get("model"), dict) else raw)
+        freeze, lora = (), None
+        if any(getattr(config, key) for key in BACKBONE_KEYS):
+            from mirasol.model import pretrained
 
-            model = build_saved_model(cfg, path)
-        else:
-            model = cls(cfg)
-        model.load_trained_weights(weights)
+            freeze, lora = pretrained.saved_backbone_settings(config, path)  # folders present, hashes equal
+        model = cls.build(config, freeze, lora)
+        model.load_trained_weights(weights, device=device)
         return model.to(device).eval()
+
+
+def _misfit(file, detail) -> CheckpointError:
+    detail = " ".join(str(detail).split())  # load_state_dict's list of keys and shapes; the first are enough
+    if len(detail) > 300:
+        detail = detail[:detail.rfind(". ", 0, 300) + 1] + " ..."
+    return CheckpointError(f"{file} does not fit the model this config builds; were the model settings "
+                           f"changed since it was trained? ({detail})")

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from mirasol.model import generation
 from mirasol.model.av_model import check_window
+from mirasol.model.chunks import split_chunks
 
 
 class MediaStream:
@@ -41,8 +41,6 @@ class MediaStream:
     def push(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Append one chunk (video [B, f, 3, S, S], audio [B, n_mels, a]) or several whole chunks
         (f and a multiplied by the same count). Returns the new chunks' latents [B, n, m, D]."""
-        from mirasol.model.mirasol import split_chunks
-
         video_chunks, audio_chunks = split_chunks(video, audio, self.cfg)
         if self.batch is None:
             self.batch = video.shape[0]
@@ -71,12 +69,8 @@ class MediaStream:
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int = 16, **kwargs) -> torch.Tensor:
         """Answer tokens [B, n] about everything pushed so far (kwargs as in Mirasol.generate)."""
-        return generation.generate(self.model.text_decoder, self.latents().flatten(1, 2), prompt_ids,
-                                   max_new_tokens, pad_id=self.cfg.pad_token_id, eos_id=self.cfg.eos_token_id,
-                                   **kwargs)
+        return self.model.generate_from_latents(self.latents(), prompt_ids, max_new_tokens, **kwargs)
 
     def score_candidates(self, prompt_ids: torch.Tensor, candidate_ids, **kwargs) -> torch.Tensor:
         """Log-likelihood [B, C] of each candidate answer given everything pushed so far."""
-        return generation.score_candidates(self.model.text_decoder, self.latents().flatten(1, 2), prompt_ids,
-                                           candidate_ids, pad_id=self.cfg.pad_token_id,
-                                           eos_id=self.cfg.eos_token_id, **kwargs)
+        return self.model.score_candidates_from_latents(self.latents(), prompt_ids, candidate_ids, **kwargs)

@@ -11,12 +11,13 @@ gradients are reduced in fp32; the sharded master weights and optimizer states s
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from mirasol.config import ConfigError
+from mirasol.config import BACKBONE_KEYS, ConfigError
 from mirasol.model.layers import Block
 
 
@@ -76,12 +77,17 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def unsharded_copy(cfg, state: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
-    """A plain Mirasol holding `state`, for validation on rank 0. Built on the meta device under a
-    forked RNG, so that making it neither allocates twice nor moves the training RNG."""
+def unsharded_copy(run_cfg, state: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
+    """A plain (unsharded) model holding `state` (full_state_dict's), on rank 0: for validation and
+    for the consolidated model.safetensors. Built by `Mirasol.build` (backbones, freeze and LoRA as in
+    training, so it saves as the trained model would) under a forked RNG, so that making it does
+    not move the training RNG. A plain config is built on the meta device (no second allocation);
+    one with pretrained backbones is built on the CPU, since Hugging Face modules keep buffers that
+    are not in a state dict."""
     from mirasol.model import Mirasol
 
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        copy = Mirasol(cfg)
-    copy.load_state_dict(state, assign=True)
+    plain = not any(getattr(run_cfg.model, key) for key in BACKBONE_KEYS)
+    with torch.random.fork_rng(devices=[]), (torch.device("meta") if plain else nullcontext()):
+        copy = Mirasol.build(run_cfg.model, run_cfg.train.freeze, run_cfg.train.lora)
+    copy.load_state_dict(state, assign=plain)
     return copy.to(device)

@@ -1,7 +1,7 @@
 """The built-in audio-visual world: `mirasol synth --out DIR [--num N] [--seed S]`.
 
 Writes real mp4 files (H.264 video + AAC audio) and `train.jsonl`, `val.jsonl`, `test.jsonl`
-manifests (DESIGN.md rows), plus `world.json` (the answer sets, counts and settings). The same
+manifests (docs/design.md rows), plus `world.json` (the answer sets, counts and settings). The same
 seed gives the same manifests and the same video/audio content, whatever the number of workers.
 Python: ``synthesize(out_dir, num=1200, seed=0) -> dict``.
 
@@ -435,7 +435,7 @@ def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0
         by_type[split] = counts
     seconds = time.perf_counter() - started
     world = {
-        "generator": "mirasol.datasets.synth",
+        "generator": "mirasol.corpora.synth",
         "version": 1,
         "num": num,
         "seed": seed,
@@ -459,15 +459,3 @@ def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0
         "seconds": seconds,
         "clips_per_second": num / seconds if seconds > 0 else math.inf,
     }
-
-
-def cli_synth(args) -> int:
-    num = getattr(args, "num", None)
-    seed = getattr(args, "seed", 0)
-    seed = 0 if seed is None else seed
-    result = synthesize(args.out, num=num, seed=seed)
-    print(f"wrote {result['num']} clips to {result['out']} in {result['seconds']:.1f} s "
-          f"({result['clips_per_second']:.1f} clips/s)")
-    for split, path in result["manifests"].items():
-        print(f"  {split:5s}: {result['clips'][split]:5d} clips, {result['rows'][split]:6d} rows -> {path}")
-    return 0

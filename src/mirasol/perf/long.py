@@ -14,8 +14,8 @@ import torch
 
 from mirasol.config import MirasolConfig
 from mirasol.model.mirasol import Mirasol
-from mirasol.bench.common import print_table
-from mirasol.bench.model_speed import UnchunkedBaseline
+from mirasol.perf.common import print_table
+from mirasol.perf.model_speed import UnchunkedBaseline
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def bench_long(frames=(64, 128, 256, 512, 1024), preset: str = "small", window: 
     threads per case; one thread is least disturbed by other work on a shared machine (None: torch's
     default)."""
 
-    code = ("import json, sys; from mirasol.bench import long_case; "
+    code = ("import json, sys; from mirasol.perf import long_case; "
             "print(json.dumps(long_case(**json.loads(sys.argv[1]))))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}

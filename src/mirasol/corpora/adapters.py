@@ -1,4 +1,4 @@
-"""Dataset adapters: official annotation files (read unchanged) -> a manifest (DESIGN.md).
+"""Dataset adapters: official annotation files (read unchanged) -> a manifest (docs/design.md).
 
     mirasol convert --format NAME --annotations F... --videos DIR --out M.jsonl
 
@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
-from mirasol.datasets.manifest import ManifestError, clean_text, parse_row, video_path_for_manifest, write_manifest
+from mirasol.data.manifest import ManifestError, clean_text, parse_row, video_path_for_manifest, write_manifest
 from mirasol.errors import MirasolError
 
 FORMATS = ("msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave")
@@ -541,15 +541,3 @@ def convert(format: str, annotation_paths: Iterable[str | os.PathLike], videos_d
     if verbose:
         stats.report_problems(sys.stderr)
     return stats
-
-
-def cli_convert(args) -> int:
-    """``mirasol convert``: exit 0 if any rows were written, 1 if none; an input error raises
-    ConvertError (`mirasol.cli.main` prints it and exits with 2)."""
-    stats = convert(args.format, args.annotations, args.videos, args.out, verbose=True)
-    print(stats.summary())
-    if not stats.written:
-        hint = " (are the videos downloaded into --videos?)" if stats.missing else ""
-        print(f"mirasol convert: no rows written{hint}", file=sys.stderr)
-        return 1
-    return 0

@@ -10,8 +10,9 @@ from torch import nn
 from mirasol.config import MirasolConfig
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.layers import Encoder
-from mirasol.model.mirasol import Mirasol, split_chunks
-from mirasol.bench.common import _train_step, device_peak_tflops, measure, print_table, random_batch
+from mirasol.model.chunks import split_chunks
+from mirasol.model.mirasol import Mirasol
+from mirasol.perf.common import _train_step, device_peak_tflops, measure, print_table, random_batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -28,7 +29,7 @@ def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: st
     whose bf16 peak is known, MFU = achieved model FLOP/s / peak. Questions per clip k: the batch's
     rows ask about batch / k clips, each encoded once (`train.questions_per_clip`)."""
     from mirasol.cost import model_flops
-    from mirasol.train.loop import adamw_kernel
+    from mirasol.train.optim import adamw_kernel
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
@@ -196,8 +197,6 @@ def bench_generate(batch: int = 8, new_tokens: int = 32, prompt_len: int = 12, p
                    repeats: int = 3, warmup: int = 1, overrides: dict | None = None, quiet: bool = False) -> dict:
     """Greedy generation of `new_tokens` tokens with and without the KV cache, from the same
     precomputed AV latents. EOS is disabled (eos_id=-1) so that every row runs the full length."""
-    from mirasol.model import generation
-
     torch.manual_seed(0)
     cfg = MirasolConfig.preset(preset, **(overrides or {}))
     cfg = cfg.replace(max_text_len=max(cfg.max_text_len, prompt_len + new_tokens))
@@ -209,12 +208,11 @@ def bench_generate(batch: int = 8, new_tokens: int = 32, prompt_len: int = 12, p
     for row in range(1, batch, 2):  # ragged prompts: some rows are shorter (padding is repacked left)
         prompts[row, prompt_len - row % prompt_len:] = cfg.pad_token_id
     with torch.no_grad():
-        memory = model.encode_media(video, audio).flatten(1, 2)
+        latents = model.encode_media(video, audio)
     outputs = {}
 
     def run(use_cache: bool):
-        ids = generation.generate(model.text_decoder, memory, prompts, new_tokens, pad_id=cfg.pad_token_id,
-                                  eos_id=-1, use_cache=use_cache)
+        ids = model.generate_from_latents(latents, prompts, new_tokens, eos_id=-1, use_cache=use_cache)
         outputs[use_cache] = ids
         return ids
 

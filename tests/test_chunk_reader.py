@@ -1,4 +1,4 @@
-"""Lazy chunk decoding (mirasol.media.stream.iter_chunks): a video of any length, one chunk at a
+"""Lazy chunk decoding (mirasol.media.chunk_reader.iter_chunks): a video of any length, one chunk at a
 time, giving the frames and audio features of one whole-file load_clip."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 
 from mirasol import MirasolConfig
 from mirasol.media import MediaError, load_clip
-from mirasol.media import stream as stream_module
-from mirasol.media.stream import iter_chunks
+from mirasol.media import chunk_reader as stream_module
+from mirasol.media.chunk_reader import iter_chunks
 from mirasol.media.writer import write_video
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "media"

@@ -7,7 +7,7 @@ import torch
 
 from mirasol.config import MirasolConfig
 from mirasol.model.mirasol import Mirasol
-from mirasol.bench.common import _train_step, measure, print_table, random_batch
+from mirasol.perf.common import _train_step, measure, print_table, random_batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -22,7 +22,7 @@ def bench_lora(batch: int = 8, preset: str = "small", n_layer: int = 12, n_embd:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from mirasol.model.backbones import LMDecoder
-    from mirasol.pretrained import apply_freeze_and_lora, parameter_counts
+    from mirasol.model.pretrained import apply_freeze_and_lora, parameter_counts
 
     variants, meta = {}, {}
     for name in ("full", "frozen+lora"):

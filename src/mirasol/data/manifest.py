@@ -1,4 +1,4 @@
-"""Manifests: one sample per line, JSON Lines (the user contract in DESIGN.md).
+"""Manifests: one sample per line, JSON Lines (the user contract in docs/design.md).
 
     {"id": "s1", "video": "clips/a.mp4", "start": 0.0, "end": 8.0,
      "task": "qa", "question": "what color is the square?", "answer": "red",

@@ -17,8 +17,8 @@ import torch
 
 from mirasol.config import MirasolConfig
 from mirasol.model.mirasol import Mirasol
-from mirasol.bench.common import _train_step, measure, print_table, work_dir
-from mirasol.bench.model_speed import bench_step
+from mirasol.perf.common import _train_step, measure, print_table, work_dir
+from mirasol.perf.model_speed import bench_step
 
 
 # ------------------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ from mirasol.bench.model_speed import bench_step
 def synthetic_cache(cfg: MirasolConfig, num: int = 40, root: Path | None = None) -> tuple[Path, Path]:
     """(train manifest, cache dir) of the built-in dataset with `num` clips, made once and reused."""
     from mirasol.data.cache import prepare
-    from mirasol.datasets.synth import synthesize
+    from mirasol.corpora.synth import synthesize
 
     root = root or work_dir() / f"synth{num}"
     manifest = root / "data" / "train.jsonl"
@@ -46,7 +46,7 @@ def bench_data(batch: int = 32, num_clips: int = 40, preset: str = "tiny", repea
     DataLoader with 0 workers as in training) vs the training step on the same batch."""
     from mirasol.data.cache import ClipCache
     from mirasol.data.dataset import ClipDataset, EpochBatches, collate
-    from mirasol.datasets.manifest import read_manifest
+    from mirasol.data.manifest import read_manifest
     from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 
     cfg = MirasolConfig.preset(preset)
@@ -384,7 +384,7 @@ def _loader_rate(cache_dir: Path, cfg: MirasolConfig, manifest: Path, workers: i
     from mirasol.data.cache import ClipCache
     from mirasol.data.dataset import ClipDataset, collate
     from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
-    from mirasol.datasets.manifest import read_manifest
+    from mirasol.data.manifest import read_manifest
 
     rows = read_manifest(manifest)
     tokenizer = MirasolTokenizer.train(tokenizer_texts(rows), vocab_size=300)

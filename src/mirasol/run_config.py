@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from mirasol.config import PRESETS, ConfigError, MirasolConfig
+from mirasol.config import BACKBONE_KEYS, PRESETS, STORES, ConfigError, MirasolConfig, require_hf
 
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
@@ -106,7 +106,7 @@ class TrainConfig:
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("config keys 'train.grad_clip' and 'train.weight_decay' must be >= 0")
         self.betas = tuple(float(b) for b in self.betas)
-        backbones = ("text_backbone", "video_backbone", "audio_backbone")
+        backbones = BACKBONE_KEYS
         if not isinstance(self.freeze, (list, tuple)) or any(k not in backbones for k in self.freeze):
             raise ConfigError(f"config key 'train.freeze': must be a list drawn from {list(backbones)}, got {self.freeze!r}")
         self.freeze = list(self.freeze)
@@ -141,8 +141,6 @@ class DataConfig:
     def validate(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"config key 'data.workers': must be an integer >= 0, got {self.workers!r}")
-        from mirasol.data.cache import STORES  # light: numpy + tqdm, no torch
-
         if self.store not in STORES:
             raise ConfigError(f"config key 'data.store': must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.tokenizer is not None and not Path(self.tokenizer).exists():
@@ -178,9 +176,7 @@ class RunConfig:
         for key in train.freeze + (train.lora or {}).get("parts", ["text_backbone"] if train.lora else []):
             if getattr(model, key) is None:
                 raise ConfigError(f"config key 'train.freeze'/'train.lora' names {key}, but model.{key} is not set")
-        if any(getattr(model, k) for k in ("text_backbone", "video_backbone", "audio_backbone")):
-            from mirasol.pretrained import require_hf
-
+        if any(getattr(model, k) for k in BACKBONE_KEYS):
             require_hf("config keys model.text_backbone / video_backbone / audio_backbone")
             if model.text_backbone and data.tokenizer:
                 raise ConfigError("config key 'data.tokenizer': a text backbone brings its own tokenizer; leave it unset")
@@ -208,7 +204,7 @@ def _number(value: Any) -> Any:
     return value
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def config_keys_help(width: int = 96) -> str:

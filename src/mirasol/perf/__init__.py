@@ -40,16 +40,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mirasol.bench.common import (  # noqa: F401  (scripts and child processes import the helpers from here)
+from mirasol.perf.common import (  # noqa: F401  (scripts and child processes import the helpers from here)
     BF16_PEAK_TFLOPS, _load, _train_step, device_peak_tflops, environment, measure, print_table, random_batch,
     work_dir)
-from mirasol.bench.long import LONG_VARIANTS, bench_long, long_case  # noqa: F401
-from mirasol.bench.lora import bench_lora
-from mirasol.bench.media import (  # noqa: F401
+from mirasol.perf.long import LONG_VARIANTS, bench_long, long_case  # noqa: F401
+from mirasol.perf.lora import bench_lora
+from mirasol.perf.media import (  # noqa: F401
     REAL_INPUTS, STORE_CANDIDATES, bench_data, bench_prepare, bench_store, bench_uniform, decode_peak_rss,
     real_media_dir, synthetic_cache, write_test_video)
-from mirasol.bench.memory import bench_memory, default_checks, measured_peak  # noqa: F401
-from mirasol.bench.model_speed import (  # noqa: F401
+from mirasol.perf.memory import bench_memory, default_checks, measured_peak  # noqa: F401
+from mirasol.perf.model_speed import (  # noqa: F401
     CHUNK_OVERRIDES, UnchunkedBaseline, attention_elements, bench_chunks, bench_generate, bench_step)
 from mirasol.errors import UsageError
 
@@ -92,21 +92,3 @@ def run(what: str = "all", out: str | os.PathLike | None = None, step_options: d
         Path(out).write_text(json.dumps(results, indent=2))
         print(f"\nwrote {out}")
     return results
-
-
-def cli_bench(args) -> int:
-    options = {}
-    if args.preset:
-        options["preset"] = args.preset
-    if args.batch:
-        options["batch_sizes"] = tuple(int(b) for b in args.batch.split(","))
-    if args.combiner:
-        options["combiners"] = tuple(args.combiner.split(","))
-    if args.questions_per_clip:
-        options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
-    if args.precision:
-        options["precision"] = args.precision
-    if options and args.what not in ("step", "all"):
-        raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision apply to `bench step` only")
-    run(args.what, args.out, options)
-    return 0

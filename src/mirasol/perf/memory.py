@@ -11,7 +11,7 @@ import sys
 import torch
 
 from mirasol.config import MirasolConfig
-from mirasol.bench.common import print_table
+from mirasol.perf.common import print_table
 
 
 # ------------------------------------------------------------------------------------------------
@@ -21,7 +21,7 @@ _MEMORY_CHILD = r"""
 import json, sys
 import torch
 from mirasol import Mirasol, MirasolConfig
-from mirasol.bench import _train_step, random_batch
+from mirasol.perf import _train_step, random_batch
 
 def rss(field):
     for line in open("/proc/self/status"):

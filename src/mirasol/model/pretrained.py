@@ -19,23 +19,14 @@ from pathlib import Path
 
 import torch
 
-from mirasol.config import ConfigError, MirasolConfig
+from mirasol.config import BACKBONE_KEYS, ConfigError, MirasolConfig, require_hf
 from mirasol.errors import MirasolError
 
 
 class BackboneError(MirasolError, ValueError):
     """A saved model's backbone folder is missing or its weights changed (the message names it)."""
 
-HF_EXTRA = 'pip install -e ".[hf]"  (transformers and peft)'
-BACKBONE_KEYS = ("text_backbone", "video_backbone", "audio_backbone")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def require_hf(what: str) -> None:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"{what} needs the optional `hf` extra: {HF_EXTRA}") from None
 
 
 def backbone_folder(path: str | Path, key: str) -> Path:
@@ -136,14 +127,14 @@ def load_audio_backbone(path: str | Path):
     return AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32).get_encoder()
 
 
-def build_model(cfg: MirasolConfig, freeze=(), lora: dict | None = None):
-    """A Mirasol model with the pretrained parts cfg names, loaded from their folders, then frozen /
-    given LoRA adapters as asked. `model.backbone_info` records what a saved copy needs to rebuild it."""
-    from mirasol.model import Mirasol
+def load_backbones(cfg: MirasolConfig) -> tuple[dict, dict]:
+    """The pretrained parts cfg names, loaded from their folders and wrapped for Mirasol
+    ({"text_decoder": ..., "video_encoder": ..., "audio_encoder": ...}), and what a saved copy needs
+    to find them again (each folder and the SHA-256 of its weights). `Mirasol.build` calls this."""
     from mirasol.model.backbones import ImageBackbone, LMDecoder, WhisperBackbone
 
     require_hf("config keys model.text_backbone / video_backbone / audio_backbone")
-    parts, info = {}, {"freeze": sorted(freeze), "lora": lora}
+    parts, info = {}, {}
     for key in BACKBONE_KEYS:
         if getattr(cfg, key):
             folder = backbone_folder(getattr(cfg, key), key)
@@ -154,10 +145,7 @@ def build_model(cfg: MirasolConfig, freeze=(), lora: dict | None = None):
         parts["video_encoder"] = ImageBackbone(cfg, *load_image_backbone(cfg.video_backbone))
     if cfg.audio_backbone:
         parts["audio_encoder"] = WhisperBackbone(cfg, load_audio_backbone(cfg.audio_backbone))
-    model = Mirasol(cfg, **parts)
-    apply_freeze_and_lora(model, freeze, lora)
-    model.backbone_info = info
-    return model
+    return parts, info
 
 
 def apply_freeze_and_lora(model, freeze=(), lora: dict | None = None) -> None:
@@ -182,9 +170,9 @@ def apply_freeze_and_lora(model, freeze=(), lora: dict | None = None) -> None:
                 p.requires_grad_("lora_" in name)
 
 
-def build_saved_model(cfg: MirasolConfig, path: str | Path):
-    """Rebuild a saved model's structure from its backbones.json: same folders (hash checked),
-    same freeze / LoRA settings. Its trained weights are loaded by the caller."""
+def saved_backbone_settings(cfg: MirasolConfig, path: str | Path) -> tuple[list, dict | None]:
+    """The freeze / LoRA settings a saved model was trained with (its backbones.json), after checking
+    that every backbone folder it names is still there with the same weights (SHA-256)."""
     path = Path(path)
     record = path / "backbones.json"
     if not record.is_file():
@@ -202,7 +190,7 @@ def build_saved_model(cfg: MirasolConfig, path: str | Path):
                 raise BackboneError(f"{path} was trained on the {key} in {folder}, but its weights have changed since "
                                  f"(sha256 {digest[:16]}... instead of {saved.get('sha256', '?')[:16]}...); "
                                  "restore the original model files")
-    return build_model(cfg, info.get("freeze", ()), info.get("lora"))
+    return list(info.get("freeze", ())), info.get("lora")
 
 
 def parameter_counts(model) -> tuple[int, int]:

@@ -302,3 +302,43 @@ def test_packaged_gpt2_lora_config_loads():
     cfg = load_run_config("gpt2-lora")
     assert cfg.model.text_backbone == "/models/gpt2" and cfg.train.freeze == ["text_backbone"]
     assert cfg.train.lora["targets"] == ["c_attn"] and cfg.model.cross_attn_every == 3
+
+
+@pytest.mark.slow
+def test_sharded_run_with_a_pretrained_lm_validates_saves_consolidates_and_answers(world, gpt2, tmp_path):
+    """The way the mirasol3b preset is meant to be trained: a pretrained LM (GPT-2: tied input and
+    output embeddings) under train.strategy=fsdp. It validates on an unsharded copy, saves a
+    consolidated model, and `mirasol consolidate` / `mirasol ask` work on the run."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    result = _cli("train", "--config", "tiny", "--train", str(world / "train.jsonl"), "--val",
+                  str(world / "val.jsonl"), "--out", str(run), *FAST, "train.max_steps=4", "train.save_every=2",
+                  "train.eval_every=2", "train.eval_samples=4", "train.strategy=fsdp",
+                  "train.save_consolidated=false", f"model.text_backbone={gpt2}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_accuracy" in r] == [2, 4]  # validated on the unsharded copy
+    step2, step4 = run / "checkpoints" / "step_00000002", run / "checkpoints" / "step_00000004"
+    assert (step2 / "sharded").is_dir() and not (step2 / "model.safetensors").exists()  # save_consolidated=false
+    assert (step4 / "model.safetensors").exists() and (run / "backbones.json").exists()  # the last save: in full
+    saved = load_file(str(run / "model.safetensors"))
+    assert "text_decoder.lm.transformer.wte.weight" in saved  # the tied embedding, once
+
+    # consolidate the step-2 checkpoint (only shards there), then load it
+    out = tmp_path / "consolidated"
+    result = _cli("consolidate", str(step2), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    model2 = Mirasol.from_pretrained(out)
+    assert json.loads((out / "backbones.json").read_text())["text_backbone"]["sha256"] == weights_hash(gpt2)
+    # ... and the last one: the same weights as the model.safetensors written during training
+    result = _cli("consolidate", str(run), "--out", str(tmp_path / "last"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = load_file(str(tmp_path / "last" / "model.safetensors"))
+    assert set(last) == set(saved) and all(torch.equal(last[k], saved[k]) for k in saved)
+    model4 = Mirasol.from_pretrained(run)
+    assert not torch.equal(model2.text_decoder.lm.transformer.wte.weight, model4.text_decoder.lm.transformer.wte.weight)
+
+    video_file = world / json.loads((world / "test.jsonl").read_text().splitlines()[0])["video"]
+    answer = _cli("ask", "--run", str(run), str(video_file), "what shape is the object?")
+    assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr[-2000:]

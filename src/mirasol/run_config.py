@@ -50,7 +50,7 @@ class TrainConfig:
     max_steps: int = 1000
     lr: float = 1e-3
     # The text decoder's lr is lr x text_lr_scale. On the built-in world the decoder's readout of
-    # the memory is what learns slowest (benchmarks/README.md, "Where direction gets stuck").
+    # the memory is what learns slowest (benchmarks/direction-plateau.md).
     text_lr_scale: float = 1.0
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100

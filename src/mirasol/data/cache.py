@@ -58,7 +58,7 @@ def clip_key(video: str, start: float | None, end: float | None) -> str:
 
 
 # auto: raw up to 1 MiB of video per clip (tiny 24 KB, small 384 KB: reading is a copy, and 10k clips
-# take under 10 GB), h264 above (base 9.2 MiB, mirasol3b 18.4 MiB). benchmarks/README.md, "store".
+# take under 10 GB), h264 above (base 9.2 MiB, mirasol3b 18.4 MiB). benchmarks/store-encoding.md.
 AUTO_RAW_LIMIT = 1 << 20
 
 

@@ -7,7 +7,7 @@
 
 A compressed row is self-describing: a uint32 frame count n, n uint32 packet sizes, then the n
 packets (one per frame: without B-frames libx264 emits exactly one packet per frame, in order).
-Why h264 is the default compressed format: benchmarks/README.md ("store").
+Why h264 is the default compressed format: benchmarks/store-encoding.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fractions import Fraction
 import numpy as np
 
 FORMATS = ("raw", "h264", "jpeg")
-H264_CRF = 18  # >= 35 dB PSNR on every real input measured (benchmarks/README.md, "store")
+H264_CRF = 18  # >= 35 dB PSNR on every real input measured (benchmarks/store-encoding.md)
 JPEG_QUALITY = 90
 
 

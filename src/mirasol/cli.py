@@ -53,6 +53,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_shard(args) -> int:
+    from mirasol.data.manifest import read_manifest
+    from mirasol.data.shards import write_shards
+
+    samples = [s for m in args.manifest for s in read_manifest(m)]
+    result = write_shards(samples, args.out, args.shard_size, prefix=args.prefix, log=sys.stderr)
+    print(f"wrote {result['clips']} clips ({result['rows']} rows) into {len(result['shards'])} shards: "
+          f"{result['pattern']}")
+    return 0 if result["clips"] else 1
+
+
 def cmd_train(args) -> int:
     import json
 
@@ -66,7 +77,7 @@ def cmd_train(args) -> int:
     try:
         run_cfg = load_run_config(args.config, args.overrides)
         for path in [args.train] + ([args.val] if args.val else []):
-            if not Path(path).exists():
+            if not Path(path).exists() and not path.endswith(".tar"):  # shards: checked where they are read
                 raise ConfigError(f"manifest {path} does not exist")
         summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume)
     finally:
@@ -145,6 +156,7 @@ def cmd_consolidate(args) -> int:
 COMMANDS = {
     "synth": (cmd_synth, "write the built-in audio-visual dataset (mp4 + manifests)"),
     "prepare": (cmd_prepare, "decode a manifest's clips once into a cache"),
+    "shard": (cmd_shard, "write a manifest's clips into WebDataset tar shards"),
     "convert": (cmd_convert, "official dataset annotations -> manifest"),
     "train": (cmd_train, "train a model"),
     "evaluate": (cmd_evaluate, "evaluate a trained run on a manifest"),
@@ -183,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "raw, h264, jpeg, or none (only checked; the loader decodes them on the fly). "
                         "Default: auto")
 
+    p = sub.add_parser("shard", help=COMMANDS["shard"][1], description=COMMANDS["shard"][1])
+    p.add_argument("--manifest", required=True, nargs="+", help="manifest(s), JSON Lines (e.g. mirasol synth's)")
+    p.add_argument("--out", required=True, help="folder for the shards")
+    p.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default 1000)")
+    p.add_argument("--prefix", default="shard", help="shard file names: PREFIX-00000.tar, ... (default: shard)")
+
     p = sub.add_parser("convert", help=COMMANDS["convert"][1], description=COMMANDS["convert"][1])
     p.add_argument("--format", required=True,
                    choices=["msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave"])
@@ -193,15 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help=COMMANDS["train"][1], description=COMMANDS["train"][1],
                        epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config file, or a packaged config's name (listed below)")
-    p.add_argument("--train", required=True, help="training manifest")
-    p.add_argument("--val", default=None, help="validation manifest")
+    p.add_argument("--train", required=True, help="training manifest, or shards (a path / URL / brace pattern "
+                   "ending in .tar: docs/shards.md)")
+    p.add_argument("--val", default=None, help="validation manifest (or shards, unpacked once)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 model.combiner=ttm")
 
     p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], description=COMMANDS["evaluate"][1])
     p.add_argument("--run", required=True, help="run directory of a trained model")
-    p.add_argument("--manifest", required=True, help="manifest to evaluate on")
+    p.add_argument("--manifest", required=True, help="manifest to evaluate on (or shards ending in .tar, unpacked once)")
     p.add_argument("--out", required=True, help="report JSON to write (predictions.jsonl goes beside it)")
 
     p = sub.add_parser("ask", help=COMMANDS["ask"][1], description=COMMANDS["ask"][1])

@@ -137,10 +137,14 @@ class DataConfig:
     prepare_workers: int | None = None  # decoding processes for `prepare` (default: CPU count)
     max_text_len: int | None = None  # default: model.max_text_len
     tokenizer: str | None = None  # an existing tokenizer.json to use instead of training one
+    # training from shards: lanes (docs/shards.md); 0 = processes x max(1, workers) at the first start
+    shard_lanes: int = 0
 
     def validate(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"config key 'data.workers': must be an integer >= 0, got {self.workers!r}")
+        if not isinstance(self.shard_lanes, int) or self.shard_lanes < 0:
+            raise ConfigError(f"config key 'data.shard_lanes': must be an integer >= 0, got {self.shard_lanes!r}")
         if self.store not in STORES:
             raise ConfigError(f"config key 'data.store': must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.tokenizer is not None and not Path(self.tokenizer).exists():

@@ -102,11 +102,13 @@ class ClipRequest:
     end: float | None
 
 
-def decode_clip(video: str, cfg: MirasolConfig, start: float | None, end: float | None):
-    """load_clip -> (video uint8 [F, 3, S, S], audio float16 [n_mels, A], info): what a raw row holds."""
+def decode_clip(video: str | bytes, cfg: MirasolConfig, start: float | None, end: float | None,
+                name: str | None = None):
+    """load_clip -> (video uint8 [F, 3, S, S], audio float16 [n_mels, A], info): what a raw row holds.
+    `video`: a path, or a file's bytes (a shard's sample, `name` naming it)."""
     from mirasol.media.clip import load_clip
 
-    clip = load_clip(video, cfg, start=start, end=end)
+    clip = load_clip(video, cfg, start=start, end=end, name=name)
     frames = (clip.video.clamp(0, 1) * 255).round().byte().numpy()
     audio = clip.audio.numpy().astype(np.float16)
     info = {"has_audio": bool(clip.has_audio), "valid_seconds": float(clip.valid_seconds),

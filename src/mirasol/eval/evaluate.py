@@ -30,6 +30,10 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
              cache: str | Path | None = None, progress: bool = True) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, stats, run_cfg = load_run(run, device)
+    from mirasol.data.shards import is_shards, unpack
+
+    if is_shards(manifest):  # evaluated by row: the shards' files and rows written out once (docs/shards.md)
+        manifest = unpack(manifest)
     samples = read_manifest(manifest)
     # the run's store format (auto unless it was trained with another)
     cache_dir = Path(cache) if cache else default_cache_dir(manifest, model.cfg, run_cfg.data.store)

@@ -50,9 +50,10 @@ def count_valid_chunks(valid_seconds: float, cfg: MirasolConfig) -> int:
     return min(cfg.num_chunks, max(1, reached))
 
 
-def load_clip(path: str | os.PathLike, cfg: MirasolConfig, start: float | None = None,
-              end: float | None = None) -> Clip:
-    """Decode the clip of `path` in [start, end] (seconds, optional) as cfg says.
+def load_clip(path: str | os.PathLike | bytes, cfg: MirasolConfig, start: float | None = None,
+              end: float | None = None, name: str | None = None) -> Clip:
+    """Decode the clip of `path` in [start, end] (seconds, optional) as cfg says. `path` may be the
+    file's bytes instead (a shard's video), with `name` for messages and `Clip.path`.
 
     Raises MediaError (NoAudioError when the file has no audio and cfg.missing_audio is 'skip' or
     'error'). Window choice, padding and timing conventions: see mirasol.media.decode."""
@@ -60,7 +61,7 @@ def load_clip(path: str | os.PathLike, cfg: MirasolConfig, start: float | None =
 
     from mirasol.media.features import audio_features
 
-    media = decode_media(path, cfg, start, end)
+    media = decode_media(path, cfg, start, end, name=name)
     video = torch.from_numpy(media.frames).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     if media.spans is None:
         audio = audio_features(media.waveform, cfg, num_frames=cfg.audio_frames)
@@ -69,6 +70,7 @@ def load_clip(path: str | os.PathLike, cfg: MirasolConfig, start: float | None =
         audio = pieces.permute(1, 0, 2).reshape(cfg.n_mels, cfg.audio_frames)
     valid_seconds = min(cfg.clip_seconds, max(media.video_seconds, media.audio_seconds))
     return Clip(video=video, audio=audio, has_audio=media.has_audio, valid_seconds=valid_seconds,
-                valid_chunks=count_valid_chunks(valid_seconds, cfg), path=os.fspath(path),
+                valid_chunks=count_valid_chunks(valid_seconds, cfg),
+                path=(name or "<bytes>") if isinstance(path, (bytes, bytearray, memoryview)) else os.fspath(path),
                 start=media.window_start, end=media.window_end, duration=media.duration, source_fps=media.source_fps,
                 video_seconds=media.video_seconds, audio_seconds=media.audio_seconds)

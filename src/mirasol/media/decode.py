@@ -39,6 +39,7 @@ decoded; memory does not grow with the file's length or resolution beyond one de
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -274,9 +275,9 @@ def _check_file(path: str) -> None:
         raise MediaError(path, "empty file (0 bytes)")
 
 
-def _open(path: str) -> av.container.InputContainer:
+def _open(path: str, data: bytes | None = None) -> av.container.InputContainer:
     try:
-        return av.open(path, metadata_errors="ignore")
+        return av.open(path if data is None else io.BytesIO(data), metadata_errors="ignore")
     except (av.FFmpegError, OSError) as error:
         raise MediaError(path, f"cannot open as a media file ({error})") from error
 
@@ -295,13 +296,22 @@ def _seconds(value, time_base) -> float | None:
     return None if value is None or time_base is None else float(value * time_base)
 
 
-def decode_media(path: str | os.PathLike, cfg: MirasolConfig, start: float | None = None,
-                 end: float | None = None) -> DecodedMedia:
-    """Decode the clip window of `path` chosen from [start, end] (seconds) and cfg. See module doc."""
-    path = os.fspath(path)
-    _check_file(path)
+def decode_media(path: str | os.PathLike | bytes, cfg: MirasolConfig, start: float | None = None,
+                 end: float | None = None, name: str | None = None) -> DecodedMedia:
+    """Decode the clip window of `path` chosen from [start, end] (seconds) and cfg. See module doc.
+
+    `path` may also be the file's bytes (a video read from a shard); `name` then names it in errors.
+    The same demuxer and decoder run on them, so the result is the file's."""
+    data = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else None
+    if data is None:
+        path = os.fspath(path)
+        _check_file(path)
+    else:
+        path = name or "<bytes>"
+        if not data:
+            raise MediaError(path, "empty file (0 bytes)")
     for from_beginning in (False, True):
-        container = _open(path)
+        container = _open(path, data)
         try:
             result = _decode(container, path, cfg, start, end, from_beginning)
         except (av.FFmpegError, OSError) as error:  # corrupt or truncated data

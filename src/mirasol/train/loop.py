@@ -30,6 +30,7 @@ from mirasol.config import BACKBONE_KEYS, IGNORE_INDEX, ConfigError
 from mirasol.data.cache import default_cache_dir
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, open_dataset, ready_clips, select_rows
 from mirasol.data.manifest import read_manifest
+from mirasol.data.shards import ShardLoader, is_shards, read_rows, unpack
 from mirasol.data.tokenizer import BackboneTokenizer, MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import predict
 from mirasol.eval.scoring import accuracy_by_family, score_rows
@@ -50,12 +51,7 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) \
         if world > 1 and tc.strategy != "fsdp" else model
     forward = torch.compile(ddp) if tc.compile else ddp  # `model` stays uncompiled: its state dict keeps its names
-    batches = EpochBatches(len(run.train_set), tc.batch_size, tc.seed, start_batch=step, rank=rank, world=world,
-                           clips=run.train_set.clip_ids, questions_per_clip=tc.questions_per_clip)
-    loader = torch.utils.data.DataLoader(
-        run.train_set, batch_sampler=batches, num_workers=run_cfg.data.workers,
-        collate_fn=lambda items: collate(items, run.tokenizer.pad_id), persistent_workers=run_cfg.data.workers > 0,
-        generator=torch.Generator().manual_seed(tc.seed))  # its own generator: starting it must not move the global RNG
+    loader = _loader(run_cfg, run, train_manifest, step, rank, world)
     log = MetricsLog(out, resumed_step=step if run.resumed else None) if rank == 0 else None
     bar = tqdm(total=tc.max_steps, initial=step, desc="training", unit="step", disable=not (rank == 0 and progress),
                file=sys.stderr, dynamic_ncols=True)
@@ -77,20 +73,46 @@ def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out
             log.close()
     if rank == 0 and tc.plots:
         plot_metrics(out / "metrics.jsonl", out)
-    summary.update({"step": step, "run": str(out), "train_samples": len(run.train_set),
-                    "train_skipped": run.train_set.skipped})
+    if run.shards is None:
+        summary.update({"step": step, "run": str(out), "train_samples": len(run.train_set),
+                        "train_skipped": run.train_set.skipped})
+    else:  # streamed: rows are counted by the first start's text pass, skips as the lanes meet them
+        skipped = run.shards.skipped_counts()
+        summary.update({"step": step, "run": str(out), "train_samples": run.stats.get("num_samples"),
+                        "train_skipped": sum(skipped.values()), "train_skipped_by_shard": skipped})
     return summary
+
+
+def _loader(run_cfg: RunConfig, run: "_Run", source: str, step: int, rank: int, world: int):
+    """This process's training batches: from a manifest, EpochBatches over the dataset; from shards,
+    a ShardLoader (data/shards.py) started where the checkpoint left its lanes."""
+    tc = run_cfg.train
+    if is_shards(source):
+        state = run.resumed.get("loader") if run.resumed else None
+        if run.resumed and state is None:
+            raise ConfigError(f"--train {source}: the checkpoint to resume was trained from a manifest")
+        run.shards = ShardLoader(source, run_cfg.model, run.tokenizer, run_cfg.data.max_text_len or
+                                 run_cfg.model.max_text_len, tc.batch_size, tc.seed, rank, world,
+                                 run_cfg.data.workers, run_cfg.data.shard_lanes, state)
+        return run.shards
+    batches = EpochBatches(len(run.train_set), tc.batch_size, tc.seed, start_batch=step, rank=rank, world=world,
+                           clips=run.train_set.clip_ids, questions_per_clip=tc.questions_per_clip)
+    return torch.utils.data.DataLoader(
+        run.train_set, batch_sampler=batches, num_workers=run_cfg.data.workers,
+        collate_fn=lambda items: collate(items, run.tokenizer.pad_id), persistent_workers=run_cfg.data.workers > 0,
+        generator=torch.Generator().manual_seed(tc.seed))  # its own generator: starting it must not move the global RNG
 
 
 # --- 1. checks, tokenizer, run files, clip store ------------------------------------------------
 @dataclass
 class _Run:
-    train_set: ClipDataset
+    train_set: ClipDataset | None  # None when training from shards
     val_set: ClipDataset | None
     tokenizer: MirasolTokenizer
     stats: dict
     resume_from: Path | None
     resumed: dict | None  # the checkpoint's train_state.pt
+    shards: ShardLoader | None = None  # training from shards: the loader, whose position checkpoints keep
 
 
 def _check_and_prepare(run_cfg: RunConfig, train_manifest, val_manifest, out: Path, resume: bool, rank: int,
@@ -103,25 +125,34 @@ def _check_and_prepare(run_cfg: RunConfig, train_manifest, val_manifest, out: Pa
         from mirasol.model.pretrained import resolve_config
 
         run_cfg.model = resolve_config(run_cfg.model)  # vocabulary, specials, audio features from the folders
-    train_samples = read_manifest(train_manifest)
+    shards = is_shards(train_manifest)  # streamed by the loader; rank 0 reads their text once, below
+    if val_manifest and is_shards(val_manifest):  # validation reads by row: the shards unpacked once
+        if rank == 0:
+            unpack(val_manifest)
+        _barrier()
+        val_manifest = str(unpack(val_manifest))  # (written: only found)
+    train_samples = [] if shards else read_manifest(train_manifest)
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
     resume_from = run_dir.latest_checkpoint(out) if resume else None
     resumed = run_dir.load_train_state(resume_from) if resume_from else None  # a refused file stops us here
-    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(train_manifest, run_cfg.model,
-                                                                                      run_cfg.data.store)
+    cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(
+        val_manifest if shards and val_manifest else train_manifest, run_cfg.model, run_cfg.data.store)
     _barrier()  # every process has checked the run directory before rank 0 writes into it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
+            if shards:
+                train_samples = read_rows(train_manifest)[0]
             tokenizer = _make_tokenizer(run_cfg, train_samples + val_samples)
             run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples))
-        manifests = [train_manifest] + ([val_manifest] if val_manifest else [])
-        ready_clips(manifests, cache_dir, run_cfg.data, run_cfg.model, samples=train_samples + val_samples,
-                    progress=progress)
+        manifests = ([] if shards else [train_manifest]) + ([val_manifest] if val_manifest else [])
+        if manifests:
+            ready_clips(manifests, cache_dir, run_cfg.data, run_cfg.model,
+                        samples=([] if shards else train_samples) + val_samples, progress=progress)
     _barrier()
     tokenizer, stats = run_dir.load_tokenizer(out, run_cfg.model), run_dir.load_train_stats(out)
-    train_set = open_dataset(train_samples, cache_dir, run_cfg.data, run_cfg.model, tokenizer)
+    train_set = None if shards else open_dataset(train_samples, cache_dir, run_cfg.data, run_cfg.model, tokenizer)
     val_set = open_dataset(val_samples, cache_dir, run_cfg.data, run_cfg.model, tokenizer) if val_samples else None
     return _Run(train_set, val_set, tokenizer, stats, resume_from, resumed)
 
@@ -268,6 +299,8 @@ def _validate_and_save(model, optimizer, scheduler, run_cfg: RunConfig, run: _Ru
                   f"val accuracy {val['val_accuracy']:.3f} ({val['val_samples']} samples)")
     if save_now:
         state = {"step": step, "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+        if run.shards is not None:  # every lane's position (gathered from all processes)
+            state["loader"] = run.shards.state_dict()
         if fsdp:  # the optimizer's state is sharded with the model, in the DCP files
             run_dir.save_sharded_checkpoint(out, model, optimizer, run_cfg.to_dict(), state, step,
                                             tc.keep_checkpoints, consolidated=plain if consolidate_now else None)

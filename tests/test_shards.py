@@ -1,0 +1,215 @@
+"""Sharded datasets (data/shards.py): a sample read from a shard is the file's; bad samples are
+skipped and counted per shard; ranks and workers read disjoint shards in an order fixed by seed and
+epoch; training from shards resumes after kill -9 on the next sample, on as many or other numbers
+of processes; two torchrun "nodes" train as one."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mirasol.config import MirasolConfig
+from mirasol.data import shards
+from mirasol.data.manifest import read_manifest
+from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
+
+CFG = MirasolConfig.preset("tiny")
+CPU_RUN = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """12 synth clips (10 train, 11 questions each) and their training rows in 5 shards of 2 clips."""
+    from mirasol.corpora.synth import synthesize
+
+    out = tmp_path_factory.mktemp("world")
+    synthesize(out, num=12, seed=1)
+    result = shards.write_shards(read_manifest(out / "train.jsonl"), out / "shards", shard_size=2)
+    assert result["clips"] == 10 and result["rows"] == 110 and len(result["shards"]) == 5
+    return out, result["pattern"]
+
+
+def tokenizer_for(world_dir: Path) -> MirasolTokenizer:
+    return MirasolTokenizer.train(tokenizer_texts(read_manifest(world_dir / "train.jsonl")), vocab_size=CFG.vocab_size)
+
+
+def loader(pattern, tok, batch_size=8, seed=0, rank=0, world=1, workers=0, lanes=2, state=None):
+    return shards.ShardLoader(pattern, CFG, tok, 32, batch_size, seed, rank, world, workers, lanes, state)
+
+
+def take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+
+
+# --- reading and writing -------------------------------------------------------------------------
+def test_a_sample_is_identical_from_a_file_and_from_a_shard(world, tmp_path):
+    from mirasol.data.dataset import open_dataset, ready_clips
+    from mirasol.run_config import DataConfig
+
+    out, pattern = world
+    tok = tokenizer_for(out)
+    rows = read_manifest(out / "train.jsonl")
+    stream = loader(pattern, tok).dataset
+    first = shards.shard_urls(pattern)[0]
+    sample = shards.parse_sample(next(shards.raw_samples(first)))
+    items = stream._items(sample, 0)
+    assert [r.id for r in sample.rows] == [r.id for r in rows[:11]]  # the clip's 11 questions, in order
+    for store in ("raw", "none"):
+        data = DataConfig(store=store)
+        cache = tmp_path / store
+        ready_clips([out / "train.jsonl"], cache, data, CFG, progress=False)
+        dataset = open_dataset(rows, cache, data, CFG, tok)
+        for i, item in enumerate(items):
+            ref = dataset[i]
+            for key in ("video", "audio", "chunk_mask", "input_ids", "labels", "prompt_ids"):
+                assert torch.equal(torch.as_tensor(item[key]), torch.as_tensor(ref[key])), (store, key)
+    # the rows as a manifest gives them: text pass and unpacking
+    text_rows, skipped = shards.read_rows(pattern)
+    assert skipped == {} and [r.id for r in text_rows] == [r.id for r in rows]
+    assert [(r.question, r.answer, r.task, r.type) for r in text_rows] == [(r.question, r.answer, r.task, r.type)
+                                                                             for r in rows]
+    unpacked = read_manifest(shards.unpack(pattern, tmp_path / "unpacked"))
+    assert [r.to_dict() | {"video": 0} for r in unpacked] == [r.to_dict() | {"video": 0} for r in rows]
+    assert Path(unpacked[0].video).read_bytes() == Path(rows[0].video).read_bytes()
+
+
+def test_shard_command_writes_shards_of_the_chosen_size(world, tmp_path):
+    out, _ = world
+    r = subprocess.run([sys.executable, "-m", "mirasol.cli", "shard", "--manifest", str(out / "train.jsonl"),
+                        "--out", str(tmp_path / "s"), "--shard-size", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "10 clips (110 rows) into 3 shards" in r.stdout and "shard-{00000..00002}.tar" in r.stdout
+    names = [[m.name for m in tarfile.open(p)] for p in sorted((tmp_path / "s").glob("*.tar"))]
+    assert [len(n) for n in names] == [8, 8, 4] and names[0][:2] == ["000000000.json", "000000000.mp4"]
+
+
+def _bad_shard(path: Path, good_video: bytes) -> None:
+    """A shard in video2dataset's layout with good and bad samples."""
+    def add(tar, name, data: bytes):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w") as tar:
+        add(tar, "a.mp4", good_video)  # good: a json row
+        add(tar, "a.json", json.dumps({"question": "what shape?", "answer": "square"}).encode())
+        add(tar, "b.mp4", b"\x00not a video" * 50)  # undecodable
+        add(tar, "b.json", json.dumps({"question": "what shape?", "answer": "circle"}).encode())
+        add(tar, "c.mp4", good_video)  # no text at all
+        add(tar, "c.json", json.dumps({"url": "http://x", "status": "success"}).encode())
+        add(tar, "d.json", json.dumps({"caption": "no video here"}).encode())  # no video file
+        add(tar, "e.mp4", good_video)  # good: video2dataset's caption file
+        add(tar, "e.json", json.dumps({"url": "http://y", "status": "success"}).encode())
+        add(tar, "e.txt", b"a square moves up")
+        add(tar, "f.mp4", good_video)  # unreadable json
+        add(tar, "f.json", b"{not json")
+
+
+def test_bad_samples_are_skipped_and_counted_per_shard(world, tmp_path):
+    out, _ = world
+    video = Path(read_manifest(out / "train.jsonl")[0].video).read_bytes()
+    one, two = tmp_path / "bad-0.tar", tmp_path / "bad-1.tar"
+    _bad_shard(one, video)
+    _bad_shard(two, video)
+    pattern = str(tmp_path / "bad-{0..1}.tar")
+    rows, skipped = shards.read_rows(pattern)  # the text pass cannot see undecodable videos
+    assert [(r.task, r.answer) for r in rows] == [("qa", "square"), ("qa", "circle"),
+                                                  ("caption", "a square moves up")] * 2
+    assert {u: sorted(k) for u, k in skipped.items()} == {str(one): ["c", "d", "f"], str(two): ["c", "d", "f"]}
+    tok = tokenizer_for(out)
+    lo = loader(pattern, tok, batch_size=2, lanes=1)
+    batches = take(iter(lo), 3)  # 2 good rows per shard
+    assert all(b["input_ids"].shape[0] == 2 for b in batches)
+    assert lo.skipped_counts() == {str(one): 4, str(two): 4}
+    assert "decoding failed" in lo.skipped[str(one)]["b"] or "cannot open" in lo.skipped[str(one)]["b"]
+    assert lo.state_dict()["skipped"] == lo.skipped
+    with pytest.raises(shards.ShardError, match="does not exist"):
+        shards.shard_urls(str(tmp_path / "bad-{0..2}.tar"))
+
+
+# --- splitting and order -------------------------------------------------------------------------
+def test_lanes_split_the_shards_and_the_order_is_a_function_of_seed_and_epoch(world):
+    out, pattern = world
+    urls = shards.shard_urls(pattern)
+    for epoch in range(3):
+        parts = [shards.lane_shards(urls, lane, 4, seed=0, epoch=epoch) for lane in range(4)]
+        assert sorted(u for p in parts for u in p) == sorted(urls)  # each shard once per epoch, in one lane
+    assert shards.lane_shards(urls, 0, 1, 0, 0) == shards.lane_shards(urls, 0, 1, 0, 0)
+    orders = {tuple(shards.lane_shards(urls, 0, 1, seed, epoch)) for seed in (0, 1) for epoch in (0, 1)}
+    assert len(orders) == 4
+    tok = tokenizer_for(out)
+    a, b, c = (take(iter(loader(pattern, tok, seed=s)), 6) for s in (0, 0, 1))
+    same_batches(a, b)
+    assert not all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, c))
+
+
+def _rows_seen(pattern, tok, rank, world, worker, workers, steps):
+    """The clips a (rank, worker) pair reads in its first steps, driving its dataset as a worker."""
+    lo = loader(pattern, tok, rank=rank, world=world, lanes=4)
+    original = torch.utils.data.get_worker_info
+    torch.utils.data.get_worker_info = lambda: type("W", (), {"id": worker, "num_workers": workers})()
+    try:
+        it = iter(lo.dataset)
+        parts = take(it, steps)
+    finally:
+        torch.utils.data.get_worker_info = original
+    return {row["clip"] for p in parts for _, rows, _ in p["lanes"] for row in rows}
+
+
+def test_ranks_and_workers_read_disjoint_shards(world):
+    out, pattern = world
+    tok = tokenizer_for(out)
+    seen = {(r, w): _rows_seen(pattern, tok, r, 2, w, 2, steps=2) for r in range(2) for w in range(2)}
+    shards_of = {k: {clip.split("#")[0] for clip in v} for k, v in seen.items()}
+    assert all(shards_of.values())
+    keys = list(shards_of)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert not shards_of[a] & shards_of[b], (a, b)
+
+
+def test_batches_do_not_depend_on_processes_or_workers(world):
+    out, pattern = world
+    tok = tokenizer_for(out)
+    one = take(iter(loader(pattern, tok, lanes=4)), 5)
+    with_workers = take(iter(loader(pattern, tok, lanes=4, workers=2)), 5)
+    same_batches(one, with_workers)
+    halves = [take(iter(loader(pattern, tok, rank=r, world=2, lanes=4)), 5) for r in range(2)]
+    for b, h0, h1 in zip(one, *halves):
+        assert torch.equal(b["input_ids"], torch.cat([h0["input_ids"], h1["input_ids"]]))
+        assert torch.equal(b["video"], torch.cat([h0["video"], h1["video"]]))
+
+
+def test_a_saved_position_continues_with_the_next_rows(world):
+    out, pattern = world
+    tok = tokenizer_for(out)
+    full = take(iter(loader(pattern, tok, lanes=2)), 20)  # past the first epoch of both lanes (66 and 44 rows)
+    first = loader(pattern, tok, lanes=2)
+    it = iter(first)
+    take(it, 7)
+    state = first.state_dict()
+    # 28 rows a lane = 2 clips of 11 rows (shard 0 of the lane) + 6: epoch 0, shard 1, sample 0, row 6
+    assert state["positions"] == [[0, 1, 0, 6], [0, 1, 0, 6]]
+    again = take(iter(loader(pattern, tok, lanes=99, state=state)), 13)  # the saved lanes win
+    same_batches(full[7:], again)
+    halves = [take(iter(loader(pattern, tok, rank=r, world=2, state=state)), 13) for r in range(2)]
+    for b, h0, h1 in zip(full[7:], *halves):
+        assert torch.equal(b["input_ids"], torch.cat([h0["input_ids"], h1["input_ids"]]))

@@ -213,3 +213,129 @@ def test_a_saved_position_continues_with_the_next_rows(world):
     halves = [take(iter(loader(pattern, tok, rank=r, world=2, state=state)), 13) for r in range(2)]
     for b, h0, h1 in zip(full[7:], *halves):
         assert torch.equal(b["input_ids"], torch.cat([h0["input_ids"], h1["input_ids"]]))
+
+
+# --- training: kill -9 and resume, other process counts, two nodes ------------------------------------
+TRAIN = ["train", "--config", "tiny", "train.batch_size=8", "train.max_steps=6", "train.save_every=2",
+         "train.eval_every=0", "train.log_every=1", "train.warmup_steps=2", "train.plots=false",
+         "model.mask_ratio=0", "data.shard_lanes=2"]  # masks are random per process: off, for 1 vs 2 processes
+
+
+def run_cli(*args, env=None):
+    env = {**os.environ, **CPU_RUN, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mirasol.cli", *args], capture_output=True, text=True, env=env)
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def trace(prefix: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in Path(f"{prefix}.rank{rank}.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(world, tmp_path_factory):
+    """An uninterrupted one-process run from the shards (validation too, unpacked); its batches traced."""
+    out, pattern = world
+    run = tmp_path_factory.mktemp("full") / "run"
+    val = shards.write_shards(read_manifest(out / "val.jsonl"), run.parent / "val", shard_size=4)["pattern"]
+    r = run_cli(*TRAIN, "--train", pattern, "--val", val, "--out", str(run),
+                env={"MIRASOL_SHARD_TRACE": str(run) + "-trace"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["train_samples"] == 110 and summary["val_samples"] == 11 and summary["train_skipped"] == 0
+    return run, trace(Path(str(run) + "-trace"), 0)
+
+
+def _assert_same_losses(a: dict, b: dict, rel: float) -> None:
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=rel, abs=1e-7), step
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_on_the_next_sample_on_one_or_two_processes(world, full_run, tmp_path):
+    import shutil
+
+    out, pattern = world
+    full, full_trace = full_run
+    killed = tmp_path / "killed"
+    env = {**os.environ, **CPU_RUN}
+    proc = subprocess.Popen([sys.executable, "-m", "mirasol.cli", *TRAIN, "data.workers=2", "--train", pattern,
+                             "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000002").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "step_00000002").exists()
+    assert not (killed / "checkpoints" / "step_00000006").exists(), "the run finished before it could be killed"
+    for name in os.listdir(killed / "checkpoints"):  # as if it died right after the checkpoint of step 2
+        if name != "step_00000002":
+            shutil.rmtree(killed / "checkpoints" / name)
+    state = torch.load(killed / "checkpoints" / "step_00000002" / "train_state.pt", weights_only=True)
+    assert state["loader"]["positions"] == [[0, 0, 0, 8], [0, 0, 0, 8]]  # mid-epoch, mid-clip: row 8 of clip 1
+    shutil.copytree(killed, tmp_path / "killed2")
+
+    prefix = tmp_path / "resumed-trace"
+    r = run_cli(*TRAIN, "data.workers=1", "--train", pattern, "--out", str(killed), "--resume",
+                env={"MIRASOL_SHARD_TRACE": str(prefix)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert trace(prefix, 0) == full_trace[2:]  # the same next sample, and the same ones after it
+    _assert_same_losses(losses(full), losses(killed), rel=1e-6)
+
+    # on two processes: each takes one lane (its contiguous half of every global batch)
+    prefix = tmp_path / "two-trace"
+    two = tmp_path / "killed2"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "mirasol.cli", *TRAIN, "--train", pattern, "--out", str(two), "--resume"],
+                       capture_output=True, text=True, env={**env, "MIRASOL_SHARD_TRACE": str(prefix)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    halves = [trace(prefix, rank) for rank in range(2)]
+    assert [a["ids"] + b["ids"] for a, b in zip(*halves)] == [t["ids"] for t in full_trace[2:]]
+    _assert_same_losses(losses(full), losses(two), rel=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_read_disjoint_samples_and_match_one_node(world, full_run, tmp_path):
+    out, pattern = world
+    full, full_trace = full_run
+    run, prefix, port = tmp_path / "two-nodes", tmp_path / "nodes-trace", _free_port()
+    env = {**os.environ, **CPU_RUN, "MIRASOL_SHARD_TRACE": str(prefix)}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                               str(node), "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port",
+                               str(port), "-m", "mirasol.cli", *TRAIN, "--train", pattern, "--out", str(run)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for node in range(2)]
+    results = [n.communicate(timeout=600) for n in nodes]
+    for n, (_, err) in zip(nodes, results):
+        assert n.returncode == 0, err[-3000:]
+    seen = [trace(prefix, rank) for rank in range(2)]
+    ids = [{i for step in s for i in step["ids"]} for s in seen]
+    shard_sets = [{c.split("#")[0] for step in s for c in step["clips"]} for s in seen]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]
+    assert not shard_sets[0] & shard_sets[1]  # each node read its own shards
+    assert [a["ids"] + b["ids"] for a, b in zip(*seen)] == [t["ids"] for t in full_trace]  # the same global batches
+    _assert_same_losses(losses(full), losses(run), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_evaluate_reads_shards_as_it_reads_the_manifest(world, full_run, tmp_path):
+    from mirasol.eval.evaluate import evaluate
+
+    out, _ = world
+    run, _ = full_run
+    test = shards.write_shards(read_manifest(out / "test.jsonl"), tmp_path / "test", shard_size=1)["pattern"]
+    a = evaluate(run, out / "test.jsonl", tmp_path / "a" / "report.json", progress=False)
+    b = evaluate(run, test, tmp_path / "b" / "report.json", progress=False)
+    assert b["n"] == a["n"] == 11 and b["accuracy"] == a["accuracy"] and b["by_type"] == a["by_type"]
+    pa, pb = ((tmp_path / d / "predictions.jsonl").read_text().splitlines() for d in "ab")
+    assert [json.loads(x)["prediction"] for x in pa] == [json.loads(x)["prediction"] for x in pb]

@@ -138,6 +138,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from mirasol.serve.app import serve
+    except ImportError as error:
+        raise UsageError(f"`mirasol serve` needs the serve extra: pip install 'mirasol[serve]' ({error})") from None
+    from mirasol.serve.service import Limits
+
+    if args.window is not None and args.window < 1:
+        raise UsageError(f"--window takes a number of chunks >= 1, got {args.window}")
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_seconds=args.max_seconds,
+                    queue=args.queue, max_pending=args.max_pending)
+    serve(args.run, host=args.host, port=args.port, token=args.token or os.environ.get("MIRASOL_SERVE_TOKEN"),
+          cache_dir=args.cache, cache_bytes=int(args.cache_gb * 2**30), limits=limits, window=args.window,
+          examples=args.examples, log=sys.stderr)
+    return 0
+
+
 def cmd_consolidate(args) -> int:
     from mirasol.run_dir import SHARDED, consolidate, is_sharded, latest_checkpoint
 
@@ -163,6 +180,7 @@ COMMANDS = {
     "ask": (cmd_ask, "ask a trained run about a video file"),
     "quickstart": (cmd_quickstart, "synth + train + evaluate on the built-in dataset"),
     "bench": (cmd_bench, "performance benchmarks"),
+    "serve": (cmd_serve, "a page and a JSON API to ask a trained run about videos (needs the serve extra)"),
     "consolidate": (cmd_consolidate, "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
 }
 
@@ -238,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][1], description=COMMANDS["quickstart"][1])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
+
+    p = sub.add_parser("serve", help=COMMANDS["serve"][1], description=COMMANDS["serve"][1])
+    p.add_argument("--run", required=True, help="run directory of a trained model")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token", default=None,
+                   help="access token clients must send (default: $MIRASOL_SERVE_TOKEN; required off 127.0.0.1)")
+    p.add_argument("--cache", default=None, help="latent cache folder (default ~/.cache/mirasol/serve)")
+    p.add_argument("--cache-gb", type=float, default=2.0, help="latent cache size bound in GB (default 2)")
+    p.add_argument("--examples", default=None, help="a folder of example videos the page offers")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (default 200 MiB)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="longest video in seconds (default 600)")
+    p.add_argument("--queue", type=int, default=8, help="videos waiting to be encoded before 503 (default 8)")
+    p.add_argument("--max-pending", type=int, default=64, help="questions admitted at once before 503 (default 64)")
+    p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
+                   help="the AV model attends to the last CHUNKS chunks only (bounded memory on long videos)")
 
     p = sub.add_parser("consolidate", help=COMMANDS["consolidate"][1], description=COMMANDS["consolidate"][1])
     p.add_argument("checkpoint", help="a checkpoint folder (RUN/checkpoints/step_N), or a run: its latest checkpoint")

@@ -334,7 +334,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         items = []
         for s in sample.rows[row0:]:
             input_ids, labels = self.tokenizer.encode_example(prompt_text(s), s.answer, self.max_len)
-            items.append({**media, "input_ids": input_ids, "labels": labels,
+            items.append({**media, "input_ids": input_ids, "labels": labels, "id": s.id,
                           "prompt_ids": self.tokenizer.encode_prompt(prompt_text(s), self.max_len), "index": 0})
         return items
 
@@ -373,7 +373,7 @@ class ShardLoader:
             lanes = int(state["lanes"])
         lanes = lanes or world * max(1, workers)
         positions = [list(p) for p in state["positions"]] if state else [[0, 0, 0, 0] for _ in range(lanes)]
-        self.source, self.seed, self.lanes, self.world = str(source), seed, lanes, world
+        self.source, self.seed, self.lanes, self.rank, self.world = str(source), seed, lanes, rank, world
         self.dataset = ShardStream(urls, cfg, tokenizer, max_len, batch_size, lanes, seed, rank, world, positions)
         self.workers, self.pad_id = workers, tokenizer.pad_id
         self.positions = {l: positions[l] for l in self.dataset.mine}
@@ -397,7 +397,16 @@ class ShardLoader:
             rows = [row for lane in sorted(by_lane) for row in by_lane[lane]]
             for i, row in enumerate(rows):
                 row["index"] = i
+            self._trace(rows)
             yield collate(rows, self.pad_id)
+
+    def _trace(self, rows) -> None:
+        """MIRASOL_SHARD_TRACE=PREFIX: append the ids of each batch's rows to PREFIX.rank<R>.jsonl
+        (to see what each process trained on)."""
+        prefix = os.environ.get("MIRASOL_SHARD_TRACE")
+        if prefix:
+            with open(f"{prefix}.rank{self.rank}.jsonl", "a") as f:
+                f.write(json.dumps({"ids": [r["id"] for r in rows], "clips": [r["clip"] for r in rows]}) + "\n")
 
     def skipped_counts(self) -> dict[str, int]:
         return {url: len(keys) for url, keys in sorted(self.skipped.items())}

@@ -1,0 +1,218 @@
+"""The HTTP layer of `mirasol serve`: a FastAPI app over `Service` (OpenAPI docs at /docs).
+
+    GET  /                              the page (page.py)
+    GET  /health                        liveness, queue length (no token needed)
+    GET  /info                          the run: preset, combiner, chunking, what it was trained on, limits
+    POST /videos                        upload (multipart field `file`) -> {"id", "state"}; 202 while encoding
+    POST /examples/{name}               the same for one of the server's example videos
+    GET  /examples/{name}/video         an example video's bytes (for the page's player)
+    GET  /videos/{id}                   state and progress (chunks done / total); the chunk times when ready
+    GET  /videos/{id}/chunks/{t}.png    the first frame of chunk t as the model saw it
+    POST /videos/{id}/ask               {"question", "choices"?, "evidence"?, "modalities"?} -> answer, time,
+                                        per-chunk evidence, answers without audio / without video
+
+Errors are JSON {"detail": message}: 401 (token), 404 (unknown id or example), 409 (still
+encoding), 413 (upload too large), 422 (not a usable video or question), 503 + Retry-After (busy).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Body, FastAPI, File, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from mirasol.serve.page import PAGE
+from mirasol.serve.service import Busy, NotFound, NotReady, Service, UploadError
+
+OPEN_PATHS = {"/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+
+
+class Question(BaseModel):
+    question: str | None = Field(None, description="the question; leave out for a caption")
+    choices: list[str] | None = Field(None, description="answer by choosing the best-scoring of these")
+    evidence: bool = Field(True, description="per-chunk evidence: drop in log p(answer) with the chunk hidden")
+    modalities: bool = Field(True, description="also answer with the audio removed and with the video removed")
+    max_new_tokens: int = Field(24, ge=1, le=64)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is read (by its
+    Content-Length) or as soon as it passes the limit (chunked bodies)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        message = f"the upload is larger than this server's limit of {self.limit / 2**20:g} MiB"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > self.limit + 64 * 1024  # the multipart envelope
+                except ValueError:
+                    too_large = False
+                if too_large:
+                    return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+        seen, started = 0, False
+
+        async def counting_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit + 64 * 1024:
+                    raise _TooLarge()
+            return msg
+
+        async def tracking_send(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+
+
+def create_app(service: Service, token: str | None = None) -> FastAPI:
+    """The app around a loaded service. With `token`, every route but the page, /health and the
+    docs needs `Authorization: Bearer <token>` (or `?token=` on GET, for images on the page)."""
+    app = FastAPI(title="mirasol serve", version="1",
+                  description="Ask a trained Mirasol3B model about a video: upload once, ask many times.")
+    app.state.service = service
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if token is not None and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            given = given[7:] if given.lower().startswith("bearer ") else request.query_params.get("token", "")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return JSONResponse({"detail": "a valid access token is required (Authorization: Bearer TOKEN)"},
+                                    status_code=401)
+        return await call_next(request)
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(request, exc: UploadError):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(Busy)
+    async def _busy(request, exc: Busy):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request, exc: NotFound):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(request, exc: NotReady):
+        return JSONResponse({"detail": str(exc)}, status_code=409, headers={"Retry-After": "1"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse(PAGE)
+
+    @app.get("/health")
+    def health():
+        return service.health()
+
+    @app.get("/info")
+    def info():
+        return service.info()
+
+    @app.post("/videos", status_code=202)
+    def upload(file: UploadFile = File(..., description="a video file")):
+        path = service.new_upload_path()
+        limit = service.limits.max_upload_bytes
+        size = 0
+        try:
+            with open(path, "xb") as out:
+                while block := file.file.read(1 << 20):
+                    size += len(block)
+                    if size > limit:
+                        raise UploadError(f"the upload is larger than this server's limit of {limit / 2**20:g} MiB",
+                                          status=413)
+                    out.write(block)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        result = service.submit_file(path, file.filename or "upload", owned=True)
+        return _submitted(result)
+
+    @app.post("/examples/{name}", status_code=202)
+    def example(name: str):
+        return _submitted(service.submit_example(name))
+
+    @app.get("/examples/{name}/video")
+    def example_video(name: str):
+        return FileResponse(service.example_path(name))
+
+    @app.get("/videos/{video_id}")
+    def status(video_id: str):
+        return service.status(video_id)
+
+    @app.get("/videos/{video_id}/chunks/{index}.png", response_class=Response)
+    def thumbnail(video_id: str, index: int):
+        return Response(service.thumbnail(video_id, index), media_type="image/png",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/videos/{video_id}/ask")
+    def ask(video_id: str, body: Question = Body(...)):
+        return service.ask(video_id, body.question, body.choices, body.evidence, body.modalities,
+                           body.max_new_tokens)
+
+    app.add_middleware(BodyLimit, limit=service.limits.max_upload_bytes)  # outermost: before any parsing
+    return app
+
+
+def _submitted(result: dict) -> JSONResponse:
+    return JSONResponse(result, status_code=200 if result["state"] == "ready" else 202)
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          cache_dir: str | None = None, cache_bytes: int = 2 * 2**30, limits=None, window: int | None = None,
+          examples: str | None = None, log=None) -> None:
+    """Load the run and serve the page and API until interrupted. Any address but the loopback
+    needs a token (UsageError otherwise)."""
+    import os
+    from pathlib import Path
+
+    import uvicorn
+
+    from mirasol.errors import UsageError
+
+    if not is_loopback(host) and not token:
+        raise UsageError(f"--host {host} makes the server reachable from other machines: give an access token "
+                         f"with --token or MIRASOL_SERVE_TOKEN (or listen on 127.0.0.1)")
+    if cache_dir is None:
+        cache_dir = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirasol" / "serve")
+    service = Service(run, cache_dir, cache_bytes=cache_bytes, limits=limits, window=window, examples=examples)
+    app = create_app(service, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    if log is not None:
+        print(f"mirasol serve: {run} on http://{shown}:{port}/ (API docs: /docs; latent cache: {cache_dir})"
+              + (" -- open the page as /#token=TOKEN" if token else ""), file=log, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

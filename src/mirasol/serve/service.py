@@ -1,0 +1,466 @@
+"""The work behind `mirasol serve`, without the web framework: check an upload, encode its chunks
+once into the latent cache, answer questions from the cache. The FastAPI app (app.py) is a thin
+layer of routes over this class, so the rules here are the same for the page, the API and tests.
+
+Safety rules kept here:
+- uploads are written under names the server makes (a random temporary name, then removed); the
+  cache's file names are hex digests; example videos are looked up by name in a fixed table built
+  at start-up. Nothing a client sends becomes a path.
+- a file is only decoded: its first bytes must be those of a known container (MP4/MOV, Matroska/
+  WebM, AVI, Ogg, FLV, MPEG-TS/PS), so playlists and concat lists (text files that make FFmpeg open
+  other files or URLs) never reach the demuxer; the container FFmpeg then finds must be one of
+  those too; its frame size and duration are checked before anything is decoded beyond the first
+  frame.
+- one worker thread encodes, one video at a time, from a bounded queue; questions are admitted up
+  to a bound; beyond either bound the caller gets Busy (HTTP 503 with Retry-After), never an
+  unbounded backlog. The model runs under one lock, so memory does not grow with the number of
+  clients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import queue
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mirasol.errors import MirasolError
+from mirasol.serve.evidence import answer as answer_about, chunk_evidence
+from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ogv", ".flv", ".ts", ".mpg", ".mpeg"}
+# FFmpeg demuxer names we accept (container.format.name is a comma-separated list of aliases)
+ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "ogg", "flv",
+                   "mpegts", "mpeg"}
+
+
+class UploadError(MirasolError, ValueError):
+    """An upload that cannot be used; `status` is the HTTP status to answer with (413 or 422)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class Busy(MirasolError):
+    """The server is at its bound: try again after `retry_after` seconds (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after: int = 2):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotFound(MirasolError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NotReady(MirasolError):
+    """The video is still being encoded (HTTP 409)."""
+
+
+@dataclass
+class Limits:
+    max_upload_bytes: int = 200 * 2**20
+    max_seconds: float = 600.0  # of video
+    max_side: int = 4096  # pixels, width and height each
+    queue: int = 8  # videos waiting to be encoded (besides the one being encoded)
+    max_pending: int = 64  # questions admitted at once (running or waiting for the model)
+    max_question_chars: int = 500
+    max_choices: int = 32
+    max_choice_chars: int = 200
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    state: str = "queued"  # queued | encoding | ready | failed
+    chunks_done: int = 0
+    chunks_total: int | None = None
+    error: str | None = None
+    status: int | None = None  # the HTTP status of a failure
+    source: Path | None = None  # the file to encode
+    upload: Path | None = None  # ... when it is an upload the job deletes afterwards
+    started: float = field(default_factory=time.monotonic)
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The container a file's first bytes announce, or None (not a video container we decode)."""
+    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return "mp4/mov"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska/webm"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:3] == b"FLV":
+        return "flv"
+    if len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47:
+        return "mpeg-ts"
+    if head[:4] == b"\x00\x00\x01\xba":
+        return "mpeg-ps"
+    return None
+
+
+def probe(path: Path, limits: Limits) -> dict:
+    """Check a file before encoding it: container, a video stream, frame size, duration, and that
+    its first frame decodes. Raises UploadError (422) with the reason."""
+    import av
+
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise UploadError("the file is empty (0 bytes)")
+    kind = sniff_container(head)
+    if kind is None:
+        raise UploadError("not a video file: the content is none of MP4/MOV, Matroska/WebM, AVI, Ogg, FLV or "
+                          "MPEG-TS/PS (the file name does not matter)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore", options={"protocol_whitelist": "file"})
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise UploadError(f"cannot read the file as a video ({kind}): {_ffmpeg_reason(error)}") from None
+    try:
+        if not set(container.format.name.split(",")) & ALLOWED_FORMATS:
+            raise UploadError(f"unsupported container {container.format.name!r}")
+        streams = [s for s in container.streams.video
+                   if not s.disposition & (av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails)]
+        if not streams:
+            raise UploadError("the file has no video stream")
+        stream = streams[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            raise UploadError("the video stream has no frame size (truncated or broken file)")
+        if width > limits.max_side or height > limits.max_side:
+            raise UploadError(f"frames of {width}x{height} are larger than this server's limit of "
+                              f"{limits.max_side}x{limits.max_side} pixels")
+        duration = None
+        if container.duration is not None and container.duration > 0:
+            duration = container.duration / av.time_base
+        elif stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        if duration is not None and duration > limits.max_seconds:
+            raise UploadError(f"the video is {duration:.1f} s long; this server takes at most "
+                              f"{limits.max_seconds:g} s")
+        try:
+            frame = next(container.decode(stream), None)
+        except (av.FFmpegError, ValueError) as error:
+            raise UploadError(f"the video does not decode: {_ffmpeg_reason(error)}") from None
+        if frame is None:
+            raise UploadError("the video stream has no frame that decodes (truncated or empty)")
+        return {"container": kind, "width": width, "height": height, "duration": duration,
+                "has_audio": bool(container.streams.audio)}
+    finally:
+        container.close()
+
+
+def _ffmpeg_reason(error: BaseException) -> str:
+    """FFmpeg's reason without the file name (the server's own temporary path)."""
+    return getattr(error, "strerror", None) or type(error).__name__
+
+
+def run_id(run: Path) -> str:
+    """Names the run's weights and settings: its config.json, and the weights file's size and time."""
+    digest = hashlib.sha256((run / "config.json").read_bytes())
+    st = (run / "model.safetensors").stat()
+    digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+class Service:
+    """Loads the run once; encodes uploads into the latent cache; answers questions from it."""
+
+    def __init__(self, run: str | os.PathLike, cache_dir: str | os.PathLike, cache_bytes: int = 2 * 2**30,
+                 limits: Limits | None = None, window: int | None = None,
+                 examples: str | os.PathLike | None = None, chunk_delay: float = 0.0):
+        from mirasol.run_dir import load_run
+
+        self.run = Path(run)
+        self.model, self.tokenizer, self.stats, self.run_cfg = load_run(self.run)
+        self.model.eval()
+        self.cfg = self.model.cfg
+        self.limits = limits or Limits()
+        self.window = window
+        self.chunk_delay = chunk_delay  # tests: slow the encoding down to interrupt it
+        self.run_id = run_id(self.run)
+        self.sampling = json.dumps({"stream": True, "window": window, "fps": self.cfg.fps,
+                                    "image_size": self.cfg.image_size, "frames": self.cfg.frames_per_chunk,
+                                    "chunk_seconds": self.cfg.chunk_seconds}, sort_keys=True)
+        root = Path(cache_dir)
+        self.cache = LatentCache(root / "latents", cache_bytes)
+        self.uploads = root / "uploads"
+        shutil.rmtree(self.uploads, ignore_errors=True)  # uploads of a previous process
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.examples = {}
+        if examples is not None:
+            for p in sorted(Path(examples).iterdir()):
+                if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+                    self.examples[p.name] = p
+        self.model_lock = threading.Lock()
+        self.jobs: dict[str, Job] = {}
+        self.jobs_lock = threading.Lock()
+        self.queue: queue.Queue[Job] = queue.Queue(maxsize=self.limits.queue)
+        self.pending = threading.BoundedSemaphore(self.limits.max_pending)
+        self.silence = self._silence()
+        self.worker = threading.Thread(target=self._work, name="mirasol-encoder", daemon=True)
+        self.worker.start()
+
+    # --- facts ------------------------------------------------------------------------------
+    def info(self) -> dict:
+        model = self.run_cfg.to_dict()["model"]
+        stats = self.stats
+        return {
+            "run": self.run.name,
+            "preset": model.get("preset"),
+            "combiner": self.cfg.combiner,
+            "parameters": self.model.num_parameters(),
+            "num_chunks_trained": self.cfg.num_chunks,
+            "chunk_seconds": self.cfg.chunk_seconds,
+            "frames_per_chunk": self.cfg.frames_per_chunk,
+            "fps": self.cfg.fps,
+            "image_size": self.cfg.image_size,
+            "clip_window": self.cfg.clip_window,
+            "window": self.window,
+            "trained_on": {"samples": stats.get("num_samples"),
+                           "families": sorted(stats.get("answer_prior", {})),
+                           "labels": stats.get("labels", [])},
+            "limits": self.limits.to_dict(),
+            "examples": sorted(self.examples),
+        }
+
+    def health(self) -> dict:
+        return {"status": "ok", "encoding_queue": self.queue.qsize(), "cached_videos": len(self.cache.keys()),
+                "worker_alive": self.worker.is_alive()}
+
+    # --- uploads ----------------------------------------------------------------------------
+    def new_upload_path(self) -> Path:
+        return self.uploads / f"{secrets.token_hex(16)}.upload"
+
+    def submit_file(self, path: Path, name: str, owned: bool) -> dict:
+        """Check `path` and queue its encoding (unless cached). `owned`: the service deletes the file
+        when done (an upload); examples are never deleted. Raises UploadError / Busy."""
+        try:
+            size = path.stat().st_size
+            if size > self.limits.max_upload_bytes:
+                raise UploadError(f"the file is {size / 2**20:.1f} MiB; this server takes at most "
+                                  f"{self.limits.max_upload_bytes / 2**20:g} MiB", status=413)
+            facts = probe(path, self.limits)
+            key = entry_key(self.run_id, file_sha256(path), self.sampling)
+            with self.jobs_lock:
+                job = self.jobs.get(key)
+                if key in self.cache:
+                    return {"id": key, "state": "ready", "cached": True, **facts}
+                if job is not None and job.state in ("queued", "encoding"):
+                    return {"id": key, "state": job.state, "cached": False, **facts}
+                job = Job(id=key, name=_display_name(name), source=path, upload=path if owned else None)
+                if facts["duration"] is not None:
+                    job.chunks_total = max(1, math.ceil(facts["duration"] / self.cfg.chunk_seconds - 1e-9))
+                try:
+                    self.queue.put_nowait(job)
+                except queue.Full:
+                    raise Busy(f"{self.limits.queue} videos are waiting to be encoded; try again shortly",
+                               retry_after=5) from None
+                self.jobs[key] = job
+                owned = False  # the job deletes it now
+                self._prune_jobs()
+            return {"id": key, "state": job.state, "cached": False, **facts}
+        finally:
+            if owned:
+                path.unlink(missing_ok=True)
+
+    def submit_example(self, name: str) -> dict:
+        path = self.examples.get(name)
+        if path is None:
+            raise NotFound(f"no example named {name!r}; the examples are: {', '.join(sorted(self.examples)) or 'none'}")
+        return self.submit_file(path, name, owned=False)
+
+    def example_path(self, name: str) -> Path:
+        path = self.examples.get(name)
+        if path is None:
+            raise NotFound(f"no example named {name!r}")
+        return path
+
+    def _prune_jobs(self, keep: int = 512) -> None:
+        done = [k for k, j in self.jobs.items() if j.state in ("ready", "failed")]
+        for k in done[: max(0, len(self.jobs) - keep)]:
+            del self.jobs[k]
+
+    def _silence(self) -> torch.Tensor:
+        from mirasol.media.features import audio_features
+
+        samples = round(self.cfg.chunk_seconds * self.cfg.sample_rate)
+        return audio_features(np.zeros(samples, dtype=np.float32), self.cfg,
+                              num_frames=self.cfg.audio_frames_per_chunk)
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            try:
+                self._encode(job)
+            except (MirasolError, ValueError, OSError) as error:
+                job.state, job.error, job.status = "failed", _reason(error), 422
+            except Exception as error:  # a bug: the server keeps serving, the client sees it
+                job.state, job.error, job.status = "failed", f"internal error while encoding: {error!r}", 500
+            finally:
+                if job.upload is not None:
+                    job.upload.unlink(missing_ok=True)
+
+    def _encode(self, job: Job) -> None:
+        from mirasol.media.chunk_reader import iter_chunks
+
+        job.state = "encoding"
+        cfg, limit = self.cfg, max(1, math.ceil(self.limits.max_seconds / self.cfg.chunk_seconds))
+        sessions = {k: self.model.stream(max_context_chunks=self.window) for k in ("full", "no_audio", "no_video")}
+        thumbs, starts, valid, has_audio, duration = [], [], [], False, None
+        for chunk in iter_chunks(job.source, cfg, max_chunks=limit + 1):
+            if chunk.index >= limit:
+                raise UploadError(f"the video is longer than this server's limit of {self.limits.max_seconds:g} s")
+            video, audio = chunk.video[None], chunk.audio[None]
+            with self.model_lock, torch.inference_mode():
+                sessions["full"].push(video, audio)
+                sessions["no_audio"].push(video, self.silence[None])
+                sessions["no_video"].push(torch.zeros_like(video), audio)
+            thumbs.append((chunk.video[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8))
+            starts.append(chunk.start)
+            valid.append(chunk.valid_seconds)
+            has_audio, duration = chunk.has_audio, chunk.duration
+            job.chunks_done = chunk.index + 1
+            if job.chunks_total is not None and job.chunks_total < job.chunks_done:
+                job.chunks_total = job.chunks_done
+            if self.chunk_delay:
+                time.sleep(self.chunk_delay)
+        tensors = {k: s.latents()[0] for k, s in sessions.items()}
+        tensors["thumbs"] = torch.stack(thumbs)
+        meta = {"name": job.name, "starts": json.dumps(starts), "valid": json.dumps(valid),
+                "has_audio": json.dumps(has_audio), "duration": json.dumps(duration),
+                "chunk_seconds": json.dumps(cfg.chunk_seconds)}
+        self.cache.put(job.id, tensors, meta)
+        job.chunks_total = job.chunks_done
+        job.state = "ready"
+
+    # --- reading ----------------------------------------------------------------------------
+    def _entry(self, video_id: str):
+        if not KEY.match(video_id or ""):
+            raise NotFound(f"no video with id {video_id!r} (ids are 64 hex digits returned by POST /videos)")
+        entry = self.cache.get(video_id)
+        if entry is not None:
+            return entry
+        with self.jobs_lock:
+            job = self.jobs.get(video_id)
+        if job is None:
+            raise NotFound(f"no video with id {video_id}: upload it (again) with POST /videos")
+        if job.state == "failed":
+            raise UploadError(f"this video could not be encoded: {job.error}", status=job.status or 422)
+        raise NotReady(f"the video is still being encoded ({job.chunks_done}"
+                       f"{'/' + str(job.chunks_total) if job.chunks_total else ''} chunks); ask again when "
+                       f"GET /videos/{video_id} says ready")
+
+    def status(self, video_id: str) -> dict:
+        if not KEY.match(video_id or ""):
+            raise NotFound(f"no video with id {video_id!r} (ids are 64 hex digits returned by POST /videos)")
+        with self.jobs_lock:
+            job = self.jobs.get(video_id)
+        if job is not None and job.state != "ready":
+            return {"id": video_id, "state": job.state, "name": job.name, "chunks_done": job.chunks_done,
+                    "chunks_total": job.chunks_total, "error": job.error}
+        tensors, meta = self._entry(video_id)
+        starts, valid = json.loads(meta["starts"]), json.loads(meta["valid"])
+        return {"id": video_id, "state": "ready", "name": meta.get("name"), "chunks_done": len(starts),
+                "chunks_total": len(starts), "error": None, "duration": json.loads(meta["duration"]),
+                "has_audio": json.loads(meta["has_audio"]),
+                "chunks": [{"index": i, "start": s, "end": s + v} for i, (s, v) in enumerate(zip(starts, valid))]}
+
+    def thumbnail(self, video_id: str, index: int) -> bytes:
+        tensors, _ = self._entry(video_id)
+        thumbs = tensors["thumbs"]
+        if not 0 <= index < thumbs.shape[0]:
+            raise NotFound(f"chunk {index} does not exist: this video has {thumbs.shape[0]} chunks")
+        return _png(thumbs[index].numpy())
+
+    def ask(self, video_id: str, question: str | None, choices: list[str] | None = None,
+            evidence: bool = True, modalities: bool = True, max_new_tokens: int = 24) -> dict:
+        question = (question or "").strip() or None
+        if question is not None and len(question) > self.limits.max_question_chars:
+            raise UploadError(f"the question is {len(question)} characters; at most "
+                              f"{self.limits.max_question_chars} are taken")
+        if choices is not None:
+            choices = [c.strip() for c in choices if c and c.strip()]
+            if len(choices) > self.limits.max_choices or any(len(c) > self.limits.max_choice_chars for c in choices):
+                raise UploadError(f"at most {self.limits.max_choices} choices of at most "
+                                  f"{self.limits.max_choice_chars} characters each")
+            if len(choices) == 1:
+                raise UploadError("give at least two choices, or none for a free answer")
+        tensors, meta = self._entry(video_id)  # unknown (404) or still encoding (409): said even when busy
+        if not self.pending.acquire(blocking=False):
+            raise Busy(f"{self.limits.max_pending} questions are already waiting; try again shortly")
+        try:
+            return self._ask(tensors, meta, video_id, question, choices or None, evidence, modalities, max_new_tokens)
+        finally:
+            self.pending.release()
+
+    def _ask(self, tensors, meta, video_id, question, choices, evidence, modalities, max_new_tokens) -> dict:
+        latents = tensors["full"][None]
+        starts, valid = json.loads(meta["starts"]), json.loads(meta["valid"])
+        out: dict = {"id": video_id, "question": question, "choices": choices}
+        with self.model_lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            out["answer"] = answer_about(self.model, self.tokenizer, latents, question, choices, max_new_tokens)
+            out["seconds"] = round(time.perf_counter() - t0, 4)
+            if modalities:
+                t1 = time.perf_counter()
+                out["without_audio"] = answer_about(self.model, self.tokenizer, tensors["no_audio"][None], question,
+                                                    choices, max_new_tokens)
+                out["without_video"] = answer_about(self.model, self.tokenizer, tensors["no_video"][None], question,
+                                                    choices, max_new_tokens)
+                out["modalities_seconds"] = round(time.perf_counter() - t1, 4)
+            if evidence:
+                t2 = time.perf_counter()
+                found = chunk_evidence(self.model, self.tokenizer, latents, question, out["answer"])
+                for seg in found["segments"]:
+                    seg["start"] = starts[seg["first_chunk"]]
+                    seg["end"] = starts[seg["end_chunk"] - 1] + valid[seg["end_chunk"] - 1]
+                found["seconds"] = round(time.perf_counter() - t2, 4)
+                out["evidence"] = found
+        if not json.loads(meta["has_audio"]) and modalities:
+            out["note"] = "this video has no audio track: 'without audio' is the same input as the answer's"
+        return out
+
+
+def _display_name(name: str | None) -> str:
+    """A client's file name, for display only (never a path): its last component, printable, short."""
+    base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())[:120]
+    return base or "upload"
+
+
+def _reason(error: BaseException) -> str:
+    """The message of a decoding error without the server's temporary path."""
+    from mirasol.media.decode import MediaError
+
+    if isinstance(error, MediaError) and error.reason:
+        return error.reason
+    return str(error)

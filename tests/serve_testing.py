@@ -1,0 +1,96 @@
+"""Helpers shared by the `mirasol serve` tests (test_serve*.py): a small run, sample videos, a live
+server in a subprocess. The run is an untrained tiny model with a trained tokenizer (answers are
+arbitrary but deterministic), which is what the serving plumbing needs; a trained one would add
+half a minute of training to the suite and check nothing more about serving."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mirasol import Mirasol, MirasolConfig
+from mirasol.data.tokenizer import MirasolTokenizer
+from mirasol.run_config import load_run_config
+from mirasol.run_dir import write_run_files
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "media"
+PYTHON = sys.executable
+
+
+def make_run(path: Path) -> Path:
+    texts = ["what is cooked?", "a pancake", "an egg", "what shape is the object?", "a red circle",
+             "describe the video", "what color is the square?", "red", "green"]
+    tokenizer = MirasolTokenizer.train(texts, vocab_size=300)
+    config = load_run_config("tiny")
+    stats = {"labels": [], "answer_prior": {"color": "red", "shape": "circle"}, "num_samples": 9}
+    write_run_files(path, config.to_dict(), tokenizer, stats)
+    torch.manual_seed(0)
+    Mirasol(MirasolConfig.from_dict(config.to_dict()["model"])).save_pretrained(path)
+    return path
+
+
+def sample(name: str) -> Path:
+    path = SAMPLES / name
+    if not path.exists():
+        pytest.skip(f"sample media folder {SAMPLES} is missing")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(argv: list[str], port: int, log: Path, timeout: float = 60.0) -> subprocess.Popen:
+    """Start `python <argv>` (a server on 127.0.0.1:port) and wait until /health answers."""
+    import httpx
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([PYTHON, *argv], stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_ready(client, video_id: str, timeout: float = 60.0, prefix: str = "") -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = client.get(f"{prefix}/videos/{video_id}").json()
+        if s["state"] in ("ready", "failed"):
+            return s
+        time.sleep(0.05)
+    raise AssertionError(f"{video_id} not encoded within {timeout} s")

@@ -1,0 +1,309 @@
+"""`mirasol serve`: every route of the API and every bad input, through FastAPI's TestClient, plus
+the latent cache and the evidence measure on their own. The live-server tests (browser, load,
+kill -9) are in test_serve_live.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mirasol.serve.app import create_app, is_loopback  # noqa: E402
+from mirasol.serve.evidence import chunk_evidence, prompt_ids, segments  # noqa: E402
+from mirasol.serve.latent_cache import LatentCache, entry_key  # noqa: E402
+from mirasol.serve.service import Limits, Service  # noqa: E402
+from serve_testing import PYTHON, SAMPLES, make_run, sample, wait_ready  # noqa: E402
+
+CHUNKS = {"example3.mp4": 2, "flipping_a_pancake.mkv": 11, "no_duration.webm": 5, "one_pixel.mp4": 5}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("serve_run"))
+
+
+@pytest.fixture(scope="module")
+def service(run, tmp_path_factory):
+    return Service(run, tmp_path_factory.mktemp("serve_cache"), examples=SAMPLES if SAMPLES.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return TestClient(create_app(service))
+
+
+def upload(client, name: str, data: bytes | None = None, **kw):
+    data = sample(name).read_bytes() if data is None else data
+    return client.post("/videos", files={"file": (name, data, "application/octet-stream")}, **kw)
+
+
+def encoded(client, name: str) -> dict:
+    r = upload(client, name)
+    assert r.status_code in (200, 202), r.text
+    status = wait_ready(client, r.json()["id"])
+    assert status["state"] == "ready", status
+    return status
+
+
+# --- routes ---------------------------------------------------------------------------------------
+def test_health_info_page_and_docs(client, service):
+    assert client.get("/health").json()["status"] == "ok"
+    info = client.get("/info").json()
+    assert info["combiner"] == "transformer" and info["chunk_seconds"] == 1.0
+    assert info["trained_on"]["families"] == ["color", "shape"] and info["limits"]["max_seconds"] == 600
+    assert "example3.mp4" in info["examples"]
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="timeline"' in page.text and 'id="ask"' in page.text
+    assert client.get("/docs").status_code == 200
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {"/health", "/info", "/videos", "/videos/{video_id}", "/videos/{video_id}/ask",
+            "/videos/{video_id}/chunks/{index}.png", "/examples/{name}", "/examples/{name}/video"} <= paths
+
+
+def test_upload_once_ask_many_as_mirasol_ask_answers(client, service, run, capsys):
+    """An upload is encoded once by streaming; its answers are those of `mirasol ask --whole`."""
+    from mirasol.ask import ask_stream
+
+    first = upload(client, "flipping_a_pancake.mkv")
+    assert first.status_code == 202 and first.json()["state"] in ("queued", "encoding")
+    vid = first.json()["id"]
+    status = wait_ready(client, vid)
+    assert status["state"] == "ready" and status["chunks_done"] == status["chunks_total"] == 11
+    assert [c["start"] for c in status["chunks"]] == [float(t) for t in range(11)]
+    again = upload(client, "flipping_a_pancake.mkv")  # the same bytes: the cache answers, same id
+    assert again.status_code == 200 and again.json() == {**first.json(), "state": "ready", "cached": True}
+
+    path = str(sample("flipping_a_pancake.mkv"))
+    [(_, expected)] = ask_stream(str(run), path, "what is cooked?", whole=True)
+    for _ in range(3):  # any number of questions about one encoding
+        r = client.post(f"/videos/{vid}/ask", json={"question": "what is cooked?"})
+        assert r.status_code == 200 and r.json()["answer"] == expected
+    body = r.json()
+    assert set(body) >= {"answer", "seconds", "without_audio", "without_video", "evidence"}
+    segs = body["evidence"]["segments"]
+    assert [(s["first_chunk"], s["end_chunk"]) for s in segs] == [(t, t + 1) for t in range(11)]
+    assert segs[-1]["end"] == pytest.approx(10.37, abs=0.05) and all(isinstance(s["drop"], float) for s in segs)
+
+    r = client.post(f"/videos/{vid}/ask", json={"question": "what is cooked?", "choices": ["a pancake", "an egg"],
+                                                "evidence": False, "modalities": False})
+    assert r.status_code == 200 and r.json()["answer"] in ("a pancake", "an egg")
+    assert "evidence" not in r.json() and "without_audio" not in r.json()
+    caption = client.post(f"/videos/{vid}/ask", json={})  # no question: a caption
+    assert caption.status_code == 200 and caption.json()["question"] is None
+    capsys.readouterr()
+
+
+def test_cached_latents_are_the_streamed_ones_and_controls_zero_a_modality(client, service):
+    from mirasol.media.chunk_reader import iter_chunks
+
+    vid = encoded(client, "example3.mp4")["id"]
+    tensors, meta = service.cache.get(vid)
+    session = service.model.stream()
+    for chunk in iter_chunks(sample("example3.mp4"), service.cfg):
+        session.push(chunk.video[None], chunk.audio[None])
+    assert torch.allclose(tensors["full"], session.latents()[0], atol=1e-5)
+    assert tensors["full"].shape[0] == tensors["no_audio"].shape[0] == tensors["no_video"].shape[0] == 2
+    assert not torch.allclose(tensors["full"], tensors["no_audio"]) and not torch.allclose(tensors["full"], tensors["no_video"])
+    assert tensors["thumbs"].dtype == torch.uint8 and tensors["thumbs"].shape == (2, 32, 32, 3)
+    png = client.get(f"/videos/{vid}/chunks/1.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get(f"/videos/{vid}/chunks/2.png").status_code == 404
+    assert client.get(f"/videos/{vid}/chunks/-1.png").status_code == 404
+    assert client.get(f"/videos/{vid}/chunks/x.png").status_code == 422
+
+
+def test_examples_by_name_only(client):
+    r = client.post("/examples/one_pixel.mp4")
+    assert r.status_code in (200, 202)
+    assert wait_ready(client, r.json()["id"])["chunks_total"] == 5
+    video = client.get("/examples/one_pixel.mp4/video")
+    assert video.status_code == 200 and video.content == sample("one_pixel.mp4").read_bytes()
+    for name in ("nope.mp4", "..%2F..%2Fpyproject.toml", "%2Fetc%2Fpasswd", "README.md"):
+        assert client.post(f"/examples/{name}").status_code == 404
+        assert client.get(f"/examples/{name}/video").status_code == 404
+
+
+# --- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,data,message", [
+    ("empty.mp4", b"", "empty"),
+    ("notes.mp4", b"just some text, not a video\n" * 20, "not a video"),
+    ("list.m3u8", b"#EXTM3U\n#EXTINF:10,\nfile:///etc/passwd\n", "not a video"),
+    ("concat.mp4", b"ffconcat version 1.0\nfile '/etc/passwd'\n", "not a video"),
+    ("image.mp4", b"\x89PNG\r\n\x1a\n" + bytes(200), "not a video"),
+    ("junk.mp4", b"\x00\x00\x00\x20ftypisom" + bytes(range(256)) * 20, "cannot read"),
+])
+def test_hostile_uploads_get_422_and_the_server_keeps_serving(client, name, data, message):
+    r = upload(client, name, data)
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+    assert "uploads" not in r.json()["detail"] and ".upload" not in r.json()["detail"]  # no server path
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_truncated_files(client):
+    data = sample("example3.mp4").read_bytes()
+    r = upload(client, "cut.mp4", data[: len(data) // 3])  # its index (moov) is at the end: unreadable
+    assert r.status_code == 422 and "cannot read" in r.json()["detail"]
+    data = sample("flipping_a_pancake.mkv").read_bytes()
+    r = upload(client, "cut.mkv", data[:60000])  # the first seconds decode: answered about those
+    assert r.status_code == 202
+    status = wait_ready(client, r.json()["id"])
+    assert status["state"] == "ready" and 1 <= status["chunks_total"] < 11
+    assert encoded(client, "example3.mp4")["state"] == "ready"
+
+
+def test_missing_file_field_and_bad_ids(client):
+    assert client.post("/videos").status_code == 422
+    assert client.post("/videos", data={"other": "x"}).status_code == 422
+    for vid in ("0" * 64, "abc", "0" * 63 + "g", "%2E%2E"):
+        assert client.get(f"/videos/{vid}").status_code == 404
+        assert client.post(f"/videos/{vid}/ask", json={"question": "q?"}).status_code == 404
+    assert client.get("/videos/..%2F..%2Fetc%2Fpasswd").status_code == 404
+
+
+def test_bad_questions(client):
+    vid = encoded(client, "example3.mp4")["id"]
+    url = f"/videos/{vid}/ask"
+    assert client.post(url, json={"question": "x" * 501}).status_code == 422
+    assert client.post(url, json={"question": "q?", "choices": ["only one"]}).status_code == 422
+    assert client.post(url, json={"question": "q?", "choices": [f"c{i}" for i in range(33)]}).status_code == 422
+    assert client.post(url, json={"question": "q?", "choices": ["a", "b" * 201]}).status_code == 422
+    assert client.post(url, json={"question": "q?", "max_new_tokens": 1000}).status_code == 422
+    assert client.post(url, json={"question": 5}).status_code == 422
+    assert client.post(url, content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert client.post(url, json={"question": "q?", "choices": ["a", "b"]}).status_code == 200
+
+
+def test_size_frame_and_duration_limits(run, tmp_path):
+    limits = Limits(max_upload_bytes=200_000, max_seconds=3.0, max_side=300)
+    client = TestClient(create_app(Service(run, tmp_path / "cache", limits=limits)))
+    big = sample("flipping_a_pancake.mkv").read_bytes()  # 436 KB: over the limit by its Content-Length
+    r = upload(client, "big.mkv", big)
+    assert r.status_code == 413 and "200000" not in r.json()["detail"] and "MiB" in r.json()["detail"]
+    r = upload(client, "big.bin", b"\x00" * 200_010)  # over by a few bytes: counted while it is read
+    assert r.status_code == 413
+    r = upload(client, "example3.mp4")  # 2 s, but 1280x720 > 300
+    assert r.status_code == 422 and "larger than this server's limit of 300x300" in r.json()["detail"]
+    r = upload(client, "one_pixel.mp4")  # 5 s, known from the container: refused at once
+    assert r.status_code == 422 and "at most 3 s" in r.json()["detail"]
+    r = upload(client, "no_duration.webm", sample("no_duration.webm").read_bytes()[:150_000])  # no duration: found while encoding
+    if r.status_code == 422:  # frames of 1280x720 > 300 in this file
+        assert "larger" in r.json()["detail"]
+    limits = Limits(max_seconds=3.0)
+    client = TestClient(create_app(Service(run, tmp_path / "cache2", limits=limits)))
+    r = upload(client, "no_duration.webm")
+    assert r.status_code == 202
+    status = wait_ready(client, r.json()["id"])
+    assert status["state"] == "failed" and "longer than this server's limit of 3 s" in status["error"]
+    ask = client.post(f"/videos/{r.json()['id']}/ask", json={"question": "q?"})
+    assert ask.status_code == 422 and "could not be encoded" in ask.json()["detail"]
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_busy_gets_503_with_retry_after_and_not_ready_gets_409(run, tmp_path):
+    service = Service(run, tmp_path / "cache", limits=Limits(max_pending=1, queue=1))
+    client = TestClient(create_app(service))
+    vid = encoded(client, "example3.mp4")["id"]
+    service.model_lock.acquire()  # the model is busy: work waits
+    try:
+        waiting = threading.Thread(target=lambda: client.post(f"/videos/{vid}/ask", json={"question": "q?"}))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while service.pending._value != 0 and time.monotonic() < deadline:  # the first holds the only place
+            time.sleep(0.01)
+        r = client.post(f"/videos/{vid}/ask", json={"question": "q?"})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
+        encoding = upload(client, "one_pixel.mp4").json()["id"]  # taken by the worker, which waits
+        while service.queue.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert upload(client, "no_duration.webm").status_code == 202  # waits in the queue of 1
+        r = upload(client, "flipping_a_pancake.mkv")
+        assert r.status_code == 503 and "retry-after" in r.headers
+        r = client.post(f"/videos/{encoding}/ask", json={"question": "q?"})
+        assert r.status_code == 409 and "still being encoded" in r.json()["detail"]
+    finally:
+        service.model_lock.release()
+    waiting.join(30)
+    assert wait_ready(client, encoding)["state"] == "ready"
+    assert client.post(f"/videos/{encoding}/ask", json={"question": "q?"}).status_code == 200
+
+
+def test_token(service):
+    client = TestClient(create_app(service, token="s3cret"))
+    assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
+    assert client.get("/info").status_code == 401
+    assert client.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert upload(client, "example3.mp4").status_code == 401
+    vid = upload(client, "example3.mp4", headers={"Authorization": "Bearer s3cret"}).json()["id"]
+    assert client.get(f"/videos/{vid}?token=s3cret").status_code == 200  # images on the page use ?token=
+    assert client.post(f"/videos/{vid}/ask", json={"question": "q?"}).status_code == 401
+
+
+def test_cli_refuses_other_addresses_without_a_token(run, capsys):
+    from mirasol.cli import main
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
+    assert main(["serve", "--run", str(run), "--host", "0.0.0.0"]) == 2
+    assert "give an access token with --token" in capsys.readouterr().err
+
+
+def test_the_core_needs_no_serve_extra(tmp_path):
+    code = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None\n"
+            "import mirasol, mirasol.cli, mirasol.serve, mirasol.serve.service\n"
+            "sys.exit(mirasol.cli.main(['serve', '--run', 'RUN']))")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "needs the serve extra: pip install 'mirasol[serve]'" in out.stderr, out.stderr
+
+
+# --- the cache and the evidence on their own -------------------------------------------------------
+def test_latent_cache_is_lru_bounded_and_cleans_partial_writes(tmp_path):
+    entry = {"full": torch.zeros(100, 256)}  # ~100 KB
+    cache = LatentCache(tmp_path, max_bytes=250_000)
+    keys = [entry_key("run", f"file{i}", "s") for i in range(3)]
+    cache.put(keys[0], entry, {"name": "a"})
+    time.sleep(0.02)
+    cache.put(keys[1], entry, {"name": "b"})
+    time.sleep(0.02)
+    assert cache.get(keys[0])[1]["name"] == "a"  # used: now the most recent
+    time.sleep(0.02)
+    cache.put(keys[2], entry, {"name": "c"})
+    assert keys[0] in cache and keys[1] not in cache and keys[2] in cache
+    assert cache.size_bytes() <= 250_000 and len(list(tmp_path.glob("*.safetensors"))) == 2
+    (tmp_path / f"{keys[1]}.abc.part").write_bytes(b"half an entry")
+    (tmp_path / "not-a-key.safetensors").write_bytes(b"x")
+    reopened = LatentCache(tmp_path, max_bytes=250_000)
+    assert not list(tmp_path.glob("*.part")) and sorted(reopened.keys()) == sorted([keys[0], keys[2]])
+    with pytest.raises(ValueError):
+        cache.put("../evil", entry, {})
+
+
+def test_evidence_hides_exactly_one_chunk(service):
+    """Masking chunk t in the decoder's memory gives the same score as removing chunk t's latents:
+    the drop is log p(answer | all) - log p(answer | all but t)."""
+    model, tok = service.model, service.tokenizer
+    cfg = model.cfg
+    latents = torch.randn(1, 5, cfg.combiner_tokens, cfg.av_dim)
+    found = chunk_evidence(model, tok, latents, "what is cooked?", "a pancake")
+    ids, cand = prompt_ids(model, tok, "what is cooked?"), tok.encode_candidates(["a pancake"])
+    base = model.score_candidates_from_latents(latents, ids, [cand], append_eos=False)[0, 0].item()
+    assert found["base_logprob"] == pytest.approx(base, abs=1e-5)
+    for t, seg in enumerate(found["segments"]):
+        keep = [i for i in range(5) if i != t]
+        without = model.score_candidates_from_latents(latents[:, keep], ids, [cand], append_eos=False)[0, 0].item()
+        assert seg["drop"] == pytest.approx(base - without, abs=1e-4)
+    one = chunk_evidence(model, tok, latents[:, :1], "what is cooked?", "")
+    assert [s["drop"] for s in one["segments"]] == [None]
+    runs = segments(200)
+    assert len(runs) == 64 and runs[0][0] == 0 and runs[-1][1] == 200
+    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+    assert json.dumps(found)  # JSON-ready

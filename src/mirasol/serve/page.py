@@ -126,7 +126,7 @@ function drawTimeline(evidence) {
     d.addEventListener("click", () => { $("player").currentTime = start; });
     box.appendChild(d);
   }
-  $("timeline-note").textContent = evidence ? "bar: how much the answer's log-probability drops when the model may not read that chunk (blue: rises)" : "";
+  $("timeline-note").textContent = evidence ? `bar: how much the answer's log-probability drops when the model may not read that chunk (blue: rises); the tallest bar is ${top.toFixed(3)} nats` : "";
 }
 $("ask").addEventListener("click", async () => {
   if (!videoId) return;

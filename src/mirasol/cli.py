@@ -20,7 +20,14 @@ def cmd_synth(args) -> int:
     num = getattr(args, "num", None)
     seed = getattr(args, "seed", 0)
     seed = 0 if seed is None else seed
-    result = synthesize(args.out, num=num, seed=seed)
+    if getattr(args, "world", "default") == "long":
+        from mirasol.corpora.long_world import DEFAULT_SECONDS, synthesize_long
+
+        result = synthesize_long(args.out, num=num, seed=seed, seconds=args.seconds or DEFAULT_SECONDS)
+    elif getattr(args, "seconds", None) is not None:
+        raise UsageError("--seconds applies to --world long")
+    else:
+        result = synthesize(args.out, num=num, seed=seed)
     print(f"wrote {result['num']} clips to {result['out']} in {result['seconds']:.1f} s "
           f"({result['clips_per_second']:.1f} clips/s)")
     for split, path in result["manifests"].items():
@@ -90,7 +97,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from mirasol.eval.evaluate import evaluate, format_table
 
-    report = evaluate(args.run, args.manifest, args.out)  # input errors: printed by `main`
+    # input errors: printed by `main`
+    report = evaluate(args.run, args.manifest, args.out, whole=args.whole, window=args.window, media=args.media)
     print(format_table(report))
     print(f"report: {args.out}  predictions: {Path(args.out).with_name(report['predictions'])}")
     return 0
@@ -138,6 +146,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from dataclasses import replace
+
+    from mirasol.ablate import VARIANTS, GridSettings, format_table, parse_seeds, quick_settings, run_grid
+
+    settings = quick_settings(args.out) if args.quick else GridSettings(Path(args.out))
+    changes = {}
+    if args.seeds:
+        changes["seeds"] = parse_seeds(args.seeds)
+    for key in ("steps", "clips", "jobs", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            if value < 1:
+                raise UsageError(f"--{key} must be >= 1, got {value}")
+            changes[key] = value
+    if args.variants:
+        changes["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        unknown = [v for v in changes["variants"] if v not in VARIANTS]
+        if unknown:
+            raise UsageError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.overrides:
+        changes["extra"] = tuple(args.overrides)
+    summary = run_grid(replace(settings, **changes))
+    print(format_table(summary))
+    print(f"results: {Path(args.out) / 'results.json'}  table: {Path(args.out) / 'table.md'}  "
+          f"plot: {Path(args.out) / 'accuracy_vs_flops.png'}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     try:
         from mirasol.serve.app import serve
@@ -180,6 +217,7 @@ COMMANDS = {
     "ask": (cmd_ask, "ask a trained run about a video file"),
     "quickstart": (cmd_quickstart, "synth + train + evaluate on the built-in dataset"),
     "bench": (cmd_bench, "performance benchmarks"),
+    "ablate": (cmd_ablate, "train and evaluate the ablation grid on the long world (resumable)"),
     "serve": (cmd_serve, "a page and a JSON API to ask a trained run about videos (needs the serve extra)"),
     "consolidate": (cmd_consolidate, "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
 }
@@ -201,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (videos + train/val/test.jsonl)")
     p.add_argument("--num", type=int, default=None, help="number of clips in all (default: the preset's size)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
+    p.add_argument("--world", default="default", choices=["default", "long"],
+                   help="default: 4 s clips (the quickstart's world); long: 32 one-second segments with events "
+                        "spread over the whole clip (mirasol/corpora/long_world.py)")
+    p.add_argument("--seconds", type=int, default=None, help="--world long: clip length in seconds (default 32)")
 
     p = sub.add_parser("prepare", help=COMMANDS["prepare"][1], description=COMMANDS["prepare"][1])
     p.add_argument("--manifest", required=True, nargs="+", help="manifest(s), JSON Lines")
@@ -240,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory of a trained model")
     p.add_argument("--manifest", required=True, help="manifest to evaluate on (or shards ending in .tar, unpacked once)")
     p.add_argument("--out", required=True, help="report JSON to write (predictions.jsonl goes beside it)")
+    p.add_argument("--whole", action="store_true",
+                   help="stream each row's whole video chunk by chunk (as `ask --whole`), whatever the run's "
+                        "training window")
+    p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
+                   help="with --whole: the AV model attends to the last CHUNKS chunks only")
+    p.add_argument("--media", default="none", choices=["none", "zero_audio", "zero_video", "zero_media", "shuffle"],
+                   help="a test-time control: audio or video (or both) replaced by silence / black frames, or the "
+                        "time chunks shuffled (default: none)")
 
     p = sub.add_parser("ask", help=COMMANDS["ask"][1], description=COMMANDS["ask"][1])
     p.add_argument("--run", required=True, help="run directory of a trained model")
@@ -256,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][1], description=COMMANDS["quickstart"][1])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
+
+    p = sub.add_parser("ablate", help=COMMANDS["ablate"][1], description=COMMANDS["ablate"][1])
+    p.add_argument("--out", required=True, help="grid folder (worlds, runs, results.json, table.md, plot); "
+                   "run the same command again to go on after an interruption")
+    p.add_argument("--quick", action="store_true", help="a few minutes: toy world and steps, one seed")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: 0,1,2)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 1200)")
+    p.add_argument("--clips", type=int, default=None, help="clips per world (default: 600)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the rows (default: all)")
+    p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant, e.g. model.audio_patch_mels=4")
 
     p = sub.add_parser("serve", help=COMMANDS["serve"][1], description=COMMANDS["serve"][1])
     p.add_argument("--run", required=True, help="run directory of a trained model")

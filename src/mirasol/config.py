@@ -89,6 +89,10 @@ class MirasolConfig:
     latent_loss: str = "mse"  # mse | cosine
     latent_loss_weight: float = 1.0
     mask_ratio: float = 0.0  # fraction of combiner outputs replaced by a mask token in training
+    # Audio-video contrastive loss (InfoNCE) between each chunk's pooled video and audio tokens,
+    # negatives = every other chunk of every clip in the batch; weight 0 = off (no extra weights).
+    av_contrastive_weight: float = 0.0
+    av_contrastive_temperature: float = 0.1
 
     # --- text decoder -------------------------------------------------------------------------
     vocab_size: int = 512
@@ -190,6 +194,9 @@ class MirasolConfig:
             need(value is None or (isinstance(value, str) and value.strip() != ""), key,
                  f"must be the path of a local Hugging Face model folder, got {value!r}")
         need(0.0 <= self.mask_ratio < 1.0, "mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
+        need(self.av_contrastive_weight >= 0.0, "av_contrastive_weight", f"must be >= 0, got {self.av_contrastive_weight}")
+        need(self.av_contrastive_temperature > 0.0, "av_contrastive_temperature",
+             f"must be > 0, got {self.av_contrastive_temperature}")
         need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
         # Sizes that must divide, reported with the numbers involved.

@@ -43,6 +43,7 @@ class MirasolOutput:
     text_loss: torch.Tensor | None
     latent_loss: torch.Tensor | None
     logits: torch.Tensor | None
+    contrastive_loss: torch.Tensor | None = None  # cfg.av_contrastive_weight > 0 only
 
 
 class Mirasol(nn.Module):
@@ -70,6 +71,9 @@ class Mirasol(nn.Module):
         self.video_proj.unit_scale = self.audio_proj.unit_scale = True
         self.modality = nn.Parameter(torch.randn(2, cfg.av_dim) * EMBED_STD)  # video, audio
         self.combiner = build_combiner(cfg, self.video_encoder.grid, self.audio_encoder.grid)
+        if cfg.av_contrastive_weight > 0:  # projection heads of the audio-video InfoNCE loss
+            self.contrast_video = nn.Linear(cfg.av_dim, cfg.av_dim)
+            self.contrast_audio = nn.Linear(cfg.av_dim, cfg.av_dim)
         self.av_model = AVModel(cfg)
         self.text_decoder = text_decoder or TextDecoder(cfg)
         pretrained = {id(m) for m in self.backbone_modules().values()}
@@ -112,11 +116,31 @@ class Mirasol(nn.Module):
     def chunk_tokens(self, video_chunks: torch.Tensor, audio_chunks: torch.Tensor) -> torch.Tensor:
         """Encode each chunk independently: video [B, T, f, 3, S, S], audio [B, T, n_mels, a] ->
         the combiner's input tokens [B, T, N, D] (video then audio, with modality embeddings)."""
+        v, a = self.modality_tokens(video_chunks, audio_chunks)
+        return torch.cat([v, a], dim=2)
+
+    def modality_tokens(self, video_chunks: torch.Tensor, audio_chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each chunk's video tokens [B, T, Nv, D] and audio tokens [B, T, Na, D] (projected, with
+        modality embeddings): what `chunk_tokens` concatenates."""
         b, t = video_chunks.shape[:2]
         v = self.video_proj(self.video_encoder(video_chunks.flatten(0, 1))) + self.modality[0]
         a = self.audio_proj(self.audio_encoder(audio_chunks.flatten(0, 1))) + self.modality[1]
-        tokens = torch.cat([v, a], dim=1)
-        return tokens.reshape(b, t, *tokens.shape[1:])
+        return v.reshape(b, t, *v.shape[1:]), a.reshape(b, t, *a.shape[1:])
+
+    def contrastive_loss(self, v: torch.Tensor, a: torch.Tensor, chunk_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """InfoNCE between each chunk's mean video token and mean audio token (v [B, T, Nv, D], a
+        [B, T, Na, D]), both directions; a chunk's own sound is the positive, every other real chunk
+        of every clip in the batch a negative."""
+        ev = F.normalize(self.contrast_video(v.mean(2)).flatten(0, 1).float(), dim=-1)
+        ea = F.normalize(self.contrast_audio(a.mean(2)).flatten(0, 1).float(), dim=-1)
+        if chunk_mask is not None:
+            keep = chunk_mask.flatten().bool()
+            ev, ea = ev[keep], ea[keep]
+        if ev.shape[0] < 2:
+            return ev.new_zeros(())
+        logits = ev @ ea.T / self.cfg.av_contrastive_temperature
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
     def combine(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Encode each chunk independently and fuse it: -> combiner features z [B, T, m, D]."""
@@ -148,7 +172,13 @@ class Mirasol(nn.Module):
         training loop's choice, since the answer is a few of a row's tokens."""
         memory_mask = self.memory_mask(chunk_mask, video)
         chunk_mask = None if memory_mask is None else chunk_mask
-        z = self.combine(video, audio)
+        contrastive = None
+        if self.cfg.av_contrastive_weight > 0 and labels is not None:
+            v, a = self.modality_tokens(*split_chunks(video, audio, self.cfg))
+            contrastive = self.contrastive_loss(v, a, chunk_mask)
+            z = self.combiner(torch.cat([v, a], dim=2))
+        else:
+            z = self.combine(video, audio)
         h = self.av_model(z)
         if attention_mask is None:
             attention_mask = input_ids != self.cfg.pad_token_id
@@ -164,7 +194,9 @@ class Mirasol(nn.Module):
         text_loss = F.cross_entropy(scored.float(), labels[:, 1:][answer])
         latent_loss = self.av_model.latent_loss(h, z, chunk_mask) if self.cfg.latent_loss_weight else h.new_zeros(())
         loss = self.cfg.text_loss_weight * text_loss + self.cfg.latent_loss_weight * latent_loss
-        return MirasolOutput(loss, text_loss, latent_loss, logits)
+        if contrastive is not None:
+            loss = loss + self.cfg.av_contrastive_weight * contrastive
+        return MirasolOutput(loss, text_loss, latent_loss, logits, contrastive)
 
     def memory_mask(self, chunk_mask: torch.Tensor | None, video: torch.Tensor | None = None) -> torch.Tensor | None:
         """chunk_mask [B, T] -> a mask over the decoder's memory [B, T * m] (m latents per chunk).

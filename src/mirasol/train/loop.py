@@ -239,6 +239,8 @@ def _train_step(forward, ddp, model, optimizer, scheduler, batch: dict, run_cfg:
             text = out.text_loss * counts[i] / total_tokens * world
             latent = out.latent_loss / tc.grad_accum
             loss = run_cfg.model.text_loss_weight * text + run_cfg.model.latent_loss_weight * latent
+            if out.contrastive_loss is not None:  # model.av_contrastive_weight > 0
+                loss = loss + run_cfg.model.av_contrastive_weight * out.contrastive_loss / tc.grad_accum
         loss.backward()
         logged += torch.stack([loss.detach(), text.detach(), latent.detach()]).float()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None

@@ -1,0 +1,351 @@
+"""`mirasol ablate`: the paper's claims as one resumable grid on the long world.
+
+    mirasol ablate --out DIR [--quick] [--seeds 0,1,2] [--steps N] [--clips N] [--variants a,b] [--jobs 2]
+
+Writes the long world (mirasol.corpora.long_world; 32 s clips) and its 8 s cut (for `short_train`)
+under DIR/data, then trains and evaluates every variant x seed under DIR/runs/<variant>/seed<k>,
+and writes DIR/results.json, DIR/table.md and DIR/accuracy_vs_flops.png. A run whose result.json
+exists is kept; an interrupted run goes on from its last checkpoint, so running the same command
+again continues where the grid stopped.
+
+Every variant is the reference recipe (configs/tiny.yaml: tiny preset, one combiner layer, latent
+loss weight 0.1, text decoder at 2x lr) on 32 chunks of 1 s, trained with 4 whole clips x their 8
+questions per step, changed only where its row says:
+
+    reference     32 chunks x 1 s (2 frames each), Transformer combiner, m = 8 tokens per chunk,
+                  autoregressive latent loss (weight 0.1), no masking
+    ttm           the TTM combiner (memory 16, read 8)
+    no_latent     latent loss weight 0
+    mask_0.75     75 % of the combiner outputs replaced by the mask token in training
+    whole_video   no time chunks: num_chunks = 1 with frames_per_chunk = 64 (all 32 s), so the video
+                  encoder, the audio encoder and one combiner see the whole clip at once, and
+                  combiner_tokens = 256 = 32 x 8: the decoder gets the same number of latent tokens
+                  as the reference (the AV model then has one chunk and no latent loss target)
+    chunks_8      8 chunks x 4 s (8 frames), m = 32: same frames, same 256 latent tokens
+    chunks_16     16 chunks x 2 s (4 frames), m = 16: same frames, same 256 latent tokens
+    short_train   trained on the 8 s cut of the same world (8 chunks x 1 s), tested on the 32 s clips
+                  streamed whole (evaluate --whole)
+    contrastive   the reference plus an audio-video InfoNCE loss between each chunk's pooled video
+                  and audio tokens (model.av_contrastive_weight = 0.1, temperature 0.1)
+
+At test time only, the reference is also scored with the audio zeroed (silence), the video zeroed
+(black), both zeroed (the question alone) and the chunks shuffled (eval/controls.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from mirasol.errors import UsageError
+
+REFERENCE_CONFIG = "tiny"
+TEXT_LEN = 16  # tokens of a typical row (prompt + answer + specials), for the FLOPs count
+CONTROLS = ("zero_audio", "zero_video", "zero_media", "shuffle")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    about: str
+    overrides: tuple[str, ...] = ()
+    world: str = "long"  # long | short (the 8 s cut)
+    whole: bool = False  # evaluate by streaming the whole 32 s clip
+    controls: tuple[str, ...] = ()
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("reference", "32 x 1 s chunks, Transformer combiner, latent loss", controls=CONTROLS),
+    Variant("ttm", "TTM combiner", ("model.combiner=ttm",)),
+    Variant("no_latent", "no autoregressive latent loss", ("model.latent_loss_weight=0",)),
+    Variant("mask_0.75", "combiner outputs masked 0.75", ("model.mask_ratio=0.75",)),
+    Variant("whole_video", "no chunks: 1 x 32 s, m = 256",
+            ("model.num_chunks=1", "model.frames_per_chunk=64", "model.combiner_tokens=256")),
+    Variant("chunks_8", "8 x 4 s chunks, m = 32",
+            ("model.num_chunks=8", "model.frames_per_chunk=8", "model.combiner_tokens=32")),
+    Variant("chunks_16", "16 x 2 s chunks, m = 16",
+            ("model.num_chunks=16", "model.frames_per_chunk=4", "model.combiner_tokens=16")),
+    Variant("short_train", "trained on 8 s clips, streamed whole", ("model.num_chunks=8",), world="short",
+            whole=True),
+    Variant("contrastive", "reference + audio-video InfoNCE", ("model.av_contrastive_weight=0.1",)),
+)}
+
+
+@dataclass
+class GridSettings:
+    out: Path
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 1200
+    clips: int = 600  # per world: 80 % train, 10 % val (unused), 10 % test
+    seconds: int = 32
+    short_seconds: int = 8
+    clips_per_step: int = 4  # x 8 questions = the batch
+    jobs: int = 2
+    threads: int = 1  # torch threads per job
+    extra: tuple[str, ...] = ()  # overrides applied to every variant (e.g. the audio fix)
+    progress: bool = True
+    log: object = field(default=None, repr=False)
+
+
+QUESTIONS_PER_CLIP = 8  # the long world asks 8 questions about every clip
+
+
+def quick_settings(out: str | os.PathLike) -> GridSettings:
+    """A few minutes on 2 cores: every variant, one seed, toy world and steps (the form the tests run)."""
+    return GridSettings(Path(out), seeds=(0,), steps=20, clips=30, clips_per_step=2)
+
+
+def run_config_for(variant: Variant, settings: GridSettings, seed: int):
+    from mirasol.run_config import load_run_config
+
+    chunks = ["model.num_chunks=32"] if variant.world == "long" else [f"model.num_chunks={settings.short_seconds}"]
+    if variant.world == "long" and settings.seconds != 32:
+        chunks = [f"model.num_chunks={settings.seconds}"]
+    overrides = [*chunks,
+                 f"train.batch_size={settings.clips_per_step * QUESTIONS_PER_CLIP}",
+                 f"train.questions_per_clip={QUESTIONS_PER_CLIP}",
+                 f"train.max_steps={settings.steps}", f"train.seed={seed}",
+                 f"train.warmup_steps={min(200, max(1, settings.steps // 10))}",
+                 "train.eval_every=0", "train.plots=false", f"train.save_every={max(1, min(250, settings.steps))}",
+                 *variant.overrides, *settings.extra]
+    if variant.name == "whole_video" and settings.seconds != 32:
+        overrides.append(f"model.frames_per_chunk={2 * settings.seconds}")
+    return load_run_config(REFERENCE_CONFIG, overrides)
+
+
+def _worlds(settings: GridSettings) -> dict[str, Path]:
+    from mirasol.corpora.long_world import synthesize_long
+
+    data = settings.out / "data"
+    worlds = {"long": data / f"long{settings.seconds}"}
+    if any(VARIANTS[v].world == "short" for v in settings.variants):
+        worlds["short"] = data / f"long{settings.short_seconds}"
+    for name, path in worlds.items():
+        seconds = settings.seconds if name == "long" else settings.short_seconds
+        if not (path / "test.jsonl").exists():
+            synthesize_long(path, num=settings.clips, seed=0, seconds=seconds, progress=settings.progress)
+    return worlds
+
+
+def _prepare_stores(settings: GridSettings, worlds: dict[str, Path]) -> None:
+    """Decode every media configuration's clips once, before parallel jobs would race for them."""
+    from mirasol.data.cache import default_cache_dir
+    from mirasol.data.dataset import ready_clips
+
+    done = set()
+    for name in settings.variants:
+        variant = VARIANTS[name]
+        cfg = run_config_for(variant, settings, 0)
+        world = worlds[variant.world]
+        manifests = [str(world / "train.jsonl"), str(world / "test.jsonl")]
+        cache = default_cache_dir(manifests[0], cfg.model, cfg.data.store)
+        if cache not in done:
+            ready_clips(manifests, cache, cfg.data, cfg.model, progress=settings.progress)
+            done.add(cache)
+
+
+def _run_one(job: dict) -> dict:
+    """Train one variant x seed (resuming), evaluate it, write result.json. Runs in a worker process."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    from mirasol.eval.evaluate import evaluate
+    from mirasol.run_dir import latest_checkpoint
+    from mirasol.train.loop import train
+
+    settings: GridSettings = job["settings"]
+    variant = VARIANTS[job["variant"]]
+    seed, run = job["seed"], Path(job["run"])
+    result_file = run / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    worlds = job["worlds"]
+    world = Path(worlds[variant.world])
+    run_cfg = run_config_for(variant, settings, seed)
+    resume = latest_checkpoint(run / "train") is not None
+    if not resume and (run / "train").exists():
+        shutil.rmtree(run / "train")  # killed before its first checkpoint: start again
+    started = time.perf_counter()
+    quiet = open(os.devnull, "w")
+    stdout = sys.stdout
+    try:
+        sys.stdout = quiet  # the store's report and the summary; the grid prints one line per run
+        train(run_cfg, str(world / "train.jsonl"), None, run / "train", resume=resume, progress=False)
+        train_seconds = time.perf_counter() - started
+        test = Path(worlds["long"]) / "test.jsonl"
+        reports = {}
+        t0 = time.perf_counter()
+        reports["test"] = evaluate(run / "train", test, run / "test" / "report.json", progress=False,
+                                   whole=variant.whole)
+        if variant.world == "short":  # also in its own world
+            reports["short_test"] = evaluate(run / "train", world / "test.jsonl", run / "short_test" / "report.json",
+                                             progress=False)
+        for control in variant.controls:
+            reports[control] = evaluate(run / "train", test, run / control / "report.json", progress=False,
+                                        media=control, seed=seed)
+        eval_seconds = time.perf_counter() - t0
+    finally:
+        sys.stdout = stdout
+        quiet.close()
+    from mirasol.cost import model_flops
+    from mirasol.model import Mirasol
+
+    cfg = run_cfg.model
+    flops = model_flops(cfg, TEXT_LEN, QUESTIONS_PER_CLIP)["train"]
+    result = {
+        "variant": variant.name, "seed": seed, "overrides": list(variant.overrides) + list(settings.extra),
+        "steps": settings.steps, "batch": run_cfg.train.batch_size,
+        "train_flops_per_sample": flops, "train_flops": flops * settings.steps * run_cfg.train.batch_size,
+        "parameters": Mirasol(cfg).num_parameters()["total"],
+        "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": resume, "threads": job["threads"],
+        "reports": {k: {"accuracy": r["accuracy"], "by_type": r["by_type"], "n": r["n"]} for k, r in reports.items()},
+    }
+    tmp = result_file.with_suffix(".part")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, result_file)
+    return result
+
+
+def run_grid(settings: GridSettings) -> dict:
+    """Every variant x seed, then the summary (results.json, table.md, the plot)."""
+    log = settings.log or (lambda text: print(text, flush=True))
+    unknown = [v for v in settings.variants if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if not settings.seeds:
+        raise UsageError("give at least one seed")
+    settings.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    worlds = _worlds(settings)
+    _prepare_stores(settings, worlds)
+    log(f"worlds and clip stores ready in {time.perf_counter() - started:.0f} s")
+    jobs = [{"settings": settings, "variant": v, "seed": s, "worlds": {k: str(p) for k, p in worlds.items()},
+             "run": str(settings.out / "runs" / v / f"seed{s}"), "threads": settings.threads}
+            for s in settings.seeds for v in settings.variants]
+    results = []
+
+    def done(result: dict) -> None:
+        results.append(result)
+        log(f"[{len(results)}/{len(jobs)}] {result['variant']} seed {result['seed']}: "
+            f"accuracy {result['reports']['test']['accuracy']:.3f} (train {result['train_seconds']:.0f} s, "
+            f"eval {result['eval_seconds']:.0f} s)")
+
+    picklable = GridSettings(**{**settings.__dict__, "log": None})
+    for job in jobs:
+        job["settings"] = picklable
+    if settings.jobs > 1:
+        with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(_run_one, jobs):
+                done(result)
+    else:
+        for job in jobs:
+            done(_run_one(job))
+    summary = summarize(results, settings)
+    summary["grid_seconds"] = time.perf_counter() - started
+    (settings.out / "results.json").write_text(json.dumps(summary, indent=2))
+    (settings.out / "table.md").write_text(format_table(summary) + "\n")
+    plot(summary, settings.out / "accuracy_vs_flops.png")
+    return summary
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[dict], settings: GridSettings | None = None) -> dict:
+    """Per row (a variant, or a test-time control of one): accuracy per family and overall as mean
+    and standard deviation over seeds, FLOPs, parameters, wall time."""
+    rows: dict[str, dict] = {}
+    priors: dict[str, float] = {}
+    for name in dict.fromkeys(r["variant"] for r in results):
+        runs = [r for r in results if r["variant"] == name]
+        for report_name in dict.fromkeys(k for r in runs for k in r["reports"]):
+            label = name if report_name == "test" else f"{name} [{report_name}]"
+            reports = [r["reports"][report_name] for r in runs if report_name in r["reports"]]
+            families = sorted({f for rep in reports for f in rep["by_type"]})
+            row = {"variant": name, "report": report_name, "seeds": [r["seed"] for r in runs],
+                   "accuracy": _mean_std([rep["accuracy"] for rep in reports]), "families": {}}
+            for fam in families:
+                values = [rep["by_type"][fam]["accuracy"] for rep in reports if fam in rep["by_type"]]
+                row["families"][fam] = _mean_std(values)
+                priors.setdefault(fam, reports[0]["by_type"][fam]["answer_prior"])
+            if report_name == "test":
+                row.update({"train_flops_per_sample": runs[0]["train_flops_per_sample"],
+                            "train_flops": runs[0]["train_flops"], "parameters": runs[0]["parameters"],
+                            "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
+                            "eval_seconds": _mean_std([r["eval_seconds"] for r in runs])})
+            rows[label] = row
+    return {"rows": rows, "answer_prior": priors,
+            "settings": None if settings is None else {
+                "seeds": list(settings.seeds), "steps": settings.steps, "clips": settings.clips,
+                "clips_per_step": settings.clips_per_step, "jobs": settings.jobs, "threads": settings.threads,
+                "extra": list(settings.extra), "variants": list(settings.variants)}}
+
+
+def format_table(summary: dict) -> str:
+    rows = summary["rows"]
+    families = sorted({f for r in rows.values() for f in r["families"]})
+    head = ["row", "all", *families, "GFLOP/sample", "params", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    prior = summary["answer_prior"]
+    lines.append("| answer prior | - | " + " | ".join(f"{prior.get(f, float('nan')):.2f}" for f in families)
+                 + " | | | |")
+    for label, r in rows.items():
+        cells = [label, "%.3f ± %.3f" % r["accuracy"]]
+        cells += ["%.2f ± %.2f" % r["families"][f] if f in r["families"] else "-" for f in families]
+        if "train_flops_per_sample" in r:
+            cells += [f"{r['train_flops_per_sample'] / 1e9:.2f}", f"{r['parameters'] / 1e6:.2f} M",
+                      "%.0f ± %.0f" % r["train_seconds"]]
+        else:
+            cells += ["(test time)", "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> Path | None:
+    """Overall accuracy against training FLOPs, one point per trained variant, error bars over seeds."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, r in summary["rows"].items():
+        if "train_flops" not in r:
+            continue
+        mean, std = r["accuracy"]
+        ax.errorbar(r["train_flops"] / 1e12, mean, yerr=std, fmt="o", capsize=3)
+        ax.annotate(label, (r["train_flops"] / 1e12, mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (TFLOP, counted: mirasol.cost.model_flops x steps x batch)")
+    ax.set_ylabel("test accuracy, all families (mean ± sd over seeds)")
+    ax.set_title("Ablations on the long world")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--seeds takes whole numbers separated by commas, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds takes whole numbers >= 0, got {text!r}")
+    return seeds
+
+
+__all__ = ["VARIANTS", "GridSettings", "quick_settings", "run_grid", "summarize", "format_table"]

@@ -1,0 +1,135 @@
+"""The ablation grid (`mirasol ablate`), `evaluate --whole` and the test-time controls.
+
+The grid runs end to end at toy size (8 s worlds of a few clips, 2 steps, one seed): every row
+trains and is scored, the summary, table and plot are written, and a second call keeps finished
+runs and resumes an unfinished one."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("av")
+
+from mirasol import MirasolConfig  # noqa: E402
+from mirasol.ablate import VARIANTS, GridSettings, format_table, run_grid, summarize  # noqa: E402
+from mirasol.cli import main  # noqa: E402
+from mirasol.eval.controls import perturb_chunks, perturb_media  # noqa: E402
+from mirasol.media.features import SILENCE  # noqa: E402
+
+
+def _toy(out, **kw) -> GridSettings:
+    return GridSettings(out, seeds=(0,), steps=2, clips=6, seconds=8, short_seconds=8, clips_per_step=1,
+                        jobs=1, threads=2, progress=False, log=lambda text: None, **kw)
+
+
+@pytest.mark.slow
+def test_quick_grid_runs_every_row_and_resumes(tmp_path):
+    settings = _toy(tmp_path / "grid")
+    summary = run_grid(settings)
+    rows = summary["rows"]
+    for name in VARIANTS:
+        assert name in rows, name
+        row = rows[name]
+        assert set(row["families"]) == {"start_color", "end_color", "color_changes", "sync_color", "first_pitch",
+                                        "last_pitch", "tone_count", "order"}
+        assert row["train_flops_per_sample"] > 0 and row["parameters"] > 0 and row["train_seconds"][0] > 0
+    for control in ("zero_audio", "zero_video", "zero_media", "shuffle"):
+        assert f"reference [{control}]" in rows
+    assert "short_train [short_test]" in rows
+    # the whole-video row costs more per sample than 32 chunks would not: check the FLOPs differ by row
+    assert rows["whole_video"]["train_flops_per_sample"] != rows["reference"]["train_flops_per_sample"]
+    assert rows["ttm"]["train_flops_per_sample"] < rows["reference"]["train_flops_per_sample"]
+    out = settings.out
+    for f in ("results.json", "table.md", "accuracy_vs_flops.png"):
+        assert (out / f).stat().st_size > 0
+    short = json.loads((out / "runs" / "short_train" / "seed0" / "test" / "report.json").read_text())
+    assert short["whole"] is True  # streamed whole
+    # resumable: finished runs are kept; a run without its result is resumed from its checkpoint
+    kept = (out / "runs" / "ttm" / "seed0" / "result.json").stat().st_mtime_ns
+    (out / "runs" / "reference" / "seed0" / "result.json").unlink()
+    run_grid(replace(settings, variants=("reference", "ttm")))
+    assert (out / "runs" / "ttm" / "seed0" / "result.json").stat().st_mtime_ns == kept
+    again = json.loads((out / "runs" / "reference" / "seed0" / "result.json").read_text())
+    assert again["resumed"] is True
+
+
+def test_summary_means_and_deviations():
+    def result(seed, acc):
+        by_type = {"a": {"n": 4, "accuracy": acc, "answer_prior": 0.25}}
+        return {"variant": "v", "seed": seed, "train_flops_per_sample": 1e9, "train_flops": 1e12, "parameters": 10,
+                "train_seconds": 10.0 + seed, "eval_seconds": 1.0,
+                "reports": {"test": {"accuracy": acc, "by_type": by_type, "n": 4}}}
+
+    summary = summarize([result(0, 0.5), result(1, 0.7)])
+    mean, std = summary["rows"]["v"]["families"]["a"]
+    assert math.isclose(mean, 0.6) and math.isclose(std, math.sqrt(0.02))
+    assert "0.60 ± 0.14" in format_table(summary)
+
+
+def test_cli_rejects_unknown_variant(tmp_path, capsys):
+    assert main(["ablate", "--out", str(tmp_path / "g"), "--variants", "reference,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_controls_keep_each_chunk_whole():
+    cfg = MirasolConfig.preset("tiny", num_chunks=6)
+    t = torch.arange(6, dtype=torch.float32)
+    video = t.repeat_interleave(2)[None, :, None, None, None].expand(2, 12, 3, 32, 32) / 10
+    audio = t.repeat_interleave(cfg.audio_frames_per_chunk)[None, None].expand(2, cfg.n_mels, -1).clone()
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    v, a, m = perturb_media(video, audio, mask, cfg, "shuffle", torch.Generator().manual_seed(0))
+    v_order = (v[:, ::2, 0, 0, 0] * 10).round()
+    a_order = a[:, 0, ::cfg.audio_frames_per_chunk]
+    assert torch.equal(v_order, a_order)  # each chunk keeps its own sound
+    assert not torch.equal(v_order[0], t)  # ... in another order
+    assert sorted(v_order[0].tolist()) == t.tolist()
+    v, a, _ = perturb_media(video, audio, mask, cfg, "zero_audio")
+    assert torch.equal(v, video) and torch.all(a == SILENCE)
+    v, a, _ = perturb_media(video, audio, mask, cfg, "zero_video")
+    assert torch.all(v == 0) and torch.equal(a, audio)
+    chunks = [(video[0, 2 * i: 2 * i + 2], audio[0, :, 100 * i: 100 * (i + 1)]) for i in range(6)]
+    shuffled = perturb_chunks(chunks, "shuffle", torch.Generator().manual_seed(1))
+    assert [float(c[1][0, 0]) for c in shuffled] == [float(c[0][0, 0, 0, 0] * 10) for c in shuffled]
+    with pytest.raises(ValueError):
+        perturb_media(video, audio, mask, cfg, "bogus")
+
+
+def test_evaluate_whole_streams_every_chunk(tmp_path):
+    """A run trained on 4 chunks, scored with --whole on 8 s clips, answers from the latents of all 8
+    chunks: the same answers as encode_media over the whole clip (and --window as its windowed form)."""
+    from mirasol.corpora.long_world import synthesize_long
+    from mirasol.data.dataset import _pad
+    from mirasol.data.manifest import prompt_text, read_manifest
+    from mirasol.eval.evaluate import evaluate
+    from mirasol.eval.predict import predict_from_memory
+    from mirasol.media.clip import load_clip
+    from mirasol.run_config import load_run_config
+    from mirasol.run_dir import load_run
+    from mirasol.train.loop import train
+
+    data = tmp_path / "w"
+    synthesize_long(data, num=4, seed=0, seconds=8, progress=False)
+    cfg = load_run_config("tiny", ["model.num_chunks=4", "train.max_steps=3", "train.batch_size=8",
+                                   "train.questions_per_clip=8", "train.plots=false", "train.eval_every=0"])
+    train(cfg, str(data / "train.jsonl"), None, tmp_path / "run", progress=False)
+    model, tokenizer, stats, _ = load_run(tmp_path / "run")
+    samples = read_manifest(data / "test.jsonl")
+    clip = load_clip(samples[0].video, model.cfg.replace(num_chunks=8))
+    for window in (None, 2):
+        report = evaluate(tmp_path / "run", data / "test.jsonl", tmp_path / f"r{window}" / "report.json",
+                          progress=False, whole=True, window=window)
+        assert report["n"] == len(samples) == 8 and report["whole"] is True and report["window"] == window
+        rows = [json.loads(line) for line in (tmp_path / f"r{window}" / "predictions.jsonl").read_text().splitlines()]
+        with torch.no_grad():
+            latents = model.encode_media(clip.video[None], clip.audio[None], max_context_chunks=window)
+        assert latents.shape[1] == 8
+        prompts = _pad([tokenizer.encode_prompt(prompt_text(s), model.cfg.max_text_len) for s in samples],
+                       tokenizer.pad_id, left=True)
+        memory = latents.expand(len(samples), -1, -1, -1)
+        direct = predict_from_memory(model, tokenizer, memory, prompts, samples, labels=stats.get("labels"))
+        assert [r["prediction"] for r in rows] == direct

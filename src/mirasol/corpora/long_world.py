@@ -48,14 +48,13 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mirasol.corpora.synth import (COLOR_NAMES, COLORS, PITCH_NAMES, PITCHES, SHAPES, _balanced,
-                                   _ramp, _write_jsonl, split_sizes)
+from mirasol.corpora.synth import (COLOR_NAMES, COLORS, PITCH_NAMES, PITCHES, SHAPES, _balanced, _ramp,
+                                   clips_folder, render_all, split_sizes, write_splits)
 from mirasol.errors import UsageError
 from mirasol.media.writer import write_video
 
@@ -276,11 +275,7 @@ def synthesize_long(out_dir: str | os.PathLike, num: int | None = None, seed: in
     """Write the long world to `out_dir` (the same keys as `synth.synthesize` returns). Clips
     already written by the same plan are kept (the folder is resumable)."""
     num = DEFAULT_NUM if num is None else int(num)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder for the clips and manifests")
-    clips_dir = out / "clips"
-    clips_dir.mkdir(parents=True, exist_ok=True)
+    out, clips_dir = clips_folder(out_dir)
     started = time.perf_counter()
     specs = plan_long(num, seed, seconds)
     # a clip is kept only if world.json says it was written from the same spec
@@ -293,37 +288,8 @@ def synthesize_long(out_dir: str | os.PathLike, num: int | None = None, seed: in
             old = {}
     tasks = [(spec, str(clips_dir / f"{spec['clip']}.mp4")) for spec in specs
              if not (old.get(spec["clip"]) == spec and (clips_dir / f"{spec['clip']}.mp4").exists())]
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), desc="synth long", unit="clip")
-    if workers > 1 and len(tasks) >= 4:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_render_task, tasks, chunksize=2):
-                if bar is not None:
-                    bar.update(1)
-    else:
-        for task in tasks:
-            _render_task(task)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    manifests, clips, rows_count, by_type = {}, {}, {}, {}
-    for split in split_sizes(num):
-        rows = [row for spec in specs if spec["split"] == split for row in questions_for(spec)]
-        path = out / f"{split}.jsonl"
-        _write_jsonl(path, rows)
-        manifests[split] = str(path)
-        clips[split] = sum(spec["split"] == split for spec in specs)
-        rows_count[split] = len(rows)
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row["type"]] = counts.get(row["type"], 0) + 1
-        by_type[split] = counts
+    render_all(_render_task, tasks, workers, progress, "synth long", chunksize=2, min_parallel=4)
+    manifests, clips, rows_count, by_type = write_splits(out, specs, num, questions_for)
     world = {"generator": "mirasol.corpora.long_world", "version": 1, "num": num, "seed": seed,
              "seconds": seconds, "fps": FPS, "size": SIZE, "sample_rate": SAMPLE_RATE, "clips": clips,
              "rows": rows_count, "families": FAMILIES,

@@ -376,28 +376,19 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0, workers: int | None = None,
-               progress: bool = True) -> dict[str, Any]:
-    """Write the built-in dataset to `out_dir`: clips/*.mp4, train/val/test.jsonl, world.json.
-
-    Returns {"out", "manifests": {split: path}, "clips": {split: n}, "rows": {split: n},
-    "by_type": {split: {type: n}}, "num", "seed", "seconds", "clips_per_second"}.
-    `workers`: rendering processes (default: min(2, CPU count)); the result does not depend on it.
-    """
-    num = DEFAULT_NUM if num is None else int(num)
+def clips_folder(out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """The output folder and its clips/ folder, created; an --out that is a file is a UsageError."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the clips and manifests")
     clips_dir = out / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    specs = plan(num, seed)
-    tasks = [(spec, str(clips_dir / f"{spec['clip']}.mp4")) for spec in specs]
-    wanted = {Path(path).name for _, path in tasks}
-    for stale in clips_dir.glob("c[0-9][0-9][0-9][0-9][0-9].mp4"):  # from an earlier, larger run
-        if stale.name not in wanted:
-            stale.unlink()
+    return out, clips_dir
 
+def render_all(render, tasks: list, workers: int | None, progress: bool, desc: str, chunksize: int = 8,
+               min_parallel: int = 8) -> None:
+    """Run `render` on every task, in `workers` processes (default: min(2, CPU count)) when there
+    are at least `min_parallel` tasks, with a progress bar."""
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     bar = None
@@ -405,25 +396,29 @@ def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(tasks), desc="synth", unit="clip")
+            bar = tqdm(total=len(tasks), desc=desc, unit="clip")
         except ImportError:  # pragma: no cover
             bar = None
-    if workers > 1 and len(tasks) >= 8:
+    if workers > 1 and len(tasks) >= min_parallel:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_render_task, tasks, chunksize=8):
+            for _ in pool.map(render, tasks, chunksize=chunksize):
                 if bar is not None:
                     bar.update(1)
     else:
         for task in tasks:
-            _render_task(task)
+            render(task)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
 
+
+def write_splits(out: Path, specs: list[dict[str, Any]], num: int, questions) -> tuple[dict, dict, dict, dict]:
+    """train/val/test.jsonl from the clips' specs (`questions(spec)` -> rows) -> (manifests, clips,
+    rows, rows by type), each by split."""
     manifests, clips, rows_count, by_type = {}, {}, {}, {}
     for split in split_sizes(num):
-        rows = [row for spec in specs if spec["split"] == split for row in questions_for(spec)]
+        rows = [row for spec in specs if spec["split"] == split for row in questions(spec)]
         path = out / f"{split}.jsonl"
         _write_jsonl(path, rows)
         manifests[split] = str(path)
@@ -433,6 +428,29 @@ def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0
         for row in rows:
             counts[row["type"]] = counts.get(row["type"], 0) + 1
         by_type[split] = counts
+    return manifests, clips, rows_count, by_type
+
+
+def synthesize(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0, workers: int | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Write the built-in dataset to `out_dir`: clips/*.mp4, train/val/test.jsonl, world.json.
+
+    Returns {"out", "manifests": {split: path}, "clips": {split: n}, "rows": {split: n},
+    "by_type": {split: {type: n}}, "num", "seed", "seconds", "clips_per_second"}.
+    `workers`: rendering processes (default: min(2, CPU count)); the result does not depend on it.
+    """
+    num = DEFAULT_NUM if num is None else int(num)
+    out, clips_dir = clips_folder(out_dir)
+    started = time.perf_counter()
+    specs = plan(num, seed)
+    tasks = [(spec, str(clips_dir / f"{spec['clip']}.mp4")) for spec in specs]
+    wanted = {Path(path).name for _, path in tasks}
+    for stale in clips_dir.glob("c[0-9][0-9][0-9][0-9][0-9].mp4"):  # from an earlier, larger run
+        if stale.name not in wanted:
+            stale.unlink()
+
+    render_all(_render_task, tasks, workers, progress, "synth", chunksize=8)
+    manifests, clips, rows_count, by_type = write_splits(out, specs, num, questions_for)
     seconds = time.perf_counter() - started
     world = {
         "generator": "mirasol.corpora.synth",

@@ -29,7 +29,8 @@ def make_run(path: Path) -> Path:
              "describe the video", "what color is the square?", "red", "green"]
     tokenizer = MirasolTokenizer.train(texts, vocab_size=300)
     config = load_run_config("tiny")
-    stats = {"labels": [], "answer_prior": {"color": "red", "shape": "circle"}, "num_samples": 9}
+    stats = {"labels": [], "answer_prior": {"color": "red", "shape": "circle"}, "num_samples": 9,
+             "answers_by_family": {"color": ["green", "red"], "shape": ["circle"]}, "max_answer_tokens": 3}
     write_run_files(path, config.to_dict(), tokenizer, stats)
     torch.manual_seed(0)
     Mirasol(MirasolConfig.from_dict(config.to_dict()["model"])).save_pretrained(path)

@@ -55,6 +55,11 @@ def encoded(client, name: str) -> dict:
 
 
 # --- routes ---------------------------------------------------------------------------------------
+def test_info_lists_the_families_to_choose_among(client):
+    trained = client.get("/info").json()["trained_on"]
+    assert trained["families_with_answers"] == ["color"] and trained["max_answer_tokens"] == 3
+
+
 def test_health_info_page_and_docs(client, service):
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/info").json()
@@ -180,6 +185,18 @@ def test_bad_questions(client):
     assert client.post(url, json={"question": 5}).status_code == 422
     assert client.post(url, content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
     assert client.post(url, json={"question": "q?", "choices": ["a", "b"]}).status_code == 200
+    # answers chosen among a family's training answers; unknown or one-answer families are named
+    r = client.post(url, json={"question": "what color is the square?", "family": "color"})
+    assert r.status_code == 200 and r.json()["answer"] in ("green", "red") and r.json()["choices"] == ["green", "red"]
+    assert "no training answers of family 'size'" in client.post(url, json={"question": "q?", "family": "size"}).text
+    assert client.post(url, json={"question": "q?", "family": "shape"}).status_code == 422
+    assert client.post(url, json={"question": "q?", "family": "color", "choices": ["a", "b"]}).status_code == 422
+    assert client.post(url, json={"question": "q?", "family": "x" * 101}).status_code == 422
+    # free answers stop at the run's longest training answer (3 tokens with EOS): at most 2 tokens of text
+    free = client.post(url, json={"question": "q?", "modalities": False, "evidence": False}).json()["answer"]
+    longer = client.post(url, json={"question": "q?", "modalities": False, "evidence": False,
+                                    "max_new_tokens": 24}).json()["answer"]
+    assert longer.replace(" ", "").startswith(free.replace(" ", ""))
 
 
 def test_size_frame_and_duration_limits(run, tmp_path):

@@ -15,23 +15,30 @@ from mirasol.data.manifest import Sample, prompt_for
 from mirasol.errors import UsageError
 
 
-def _prompt(model, tokenizer, video: str, question: str | None):
+def _prompt(model, tokenizer, video: str, question: str | None, stats: dict, family: str | None = None):
+    """The row to answer; with `family`, answered by choosing among that family's training answers."""
+    from mirasol.eval.predict import family_answers
+
     task = "qa" if question else "caption"
-    sample = Sample(id="ask", video=video, task=task, answer="", question=question)
+    choices = family_answers(stats, family) if family else None
+    sample = Sample(id="ask", video=video, task=task, answer="", question=question, choices=choices)
     prompt_ids = torch.tensor([tokenizer.encode_prompt(prompt_for(task, question), model.cfg.max_text_len)])
     return sample, prompt_ids
 
 
 def ask(run: str, video: str, question: str | None = None, start: float | None = None,
-        end: float | None = None, log=None) -> str:
-    """The answer (or, without a question, a caption). `log` (a file) gets a line saying which
-    seconds the model saw when the video is longer than the model's clip."""
+        end: float | None = None, log=None, family: str | None = None) -> str:
+    """The answer (or, without a question, a caption). A free answer stops where the run's training
+    answers stop; with `family` the answer is the best-scoring of that family's training answers.
+    `log` (a file) gets a line saying which seconds the model saw when the video is longer than
+    the model's clip."""
     from mirasol.media.clip import load_clip
     from mirasol.data.dataset import chunk_mask
     from mirasol.run_dir import load_run
-    from mirasol.eval.predict import predict
+    from mirasol.eval.predict import answer_budget, predict
 
     model, tokenizer, stats, _ = load_run(run)
+    sample, prompt_ids = _prompt(model, tokenizer, video, question, stats, family)  # a bad family fails first
     clip = load_clip(video, model.cfg, start=start, end=end)
     cfg = model.cfg
     if log is not None and clip.end - clip.start > cfg.clip_seconds + 0.5 / cfg.fps:  # clip_window: uniform
@@ -42,9 +49,8 @@ def ask(run: str, video: str, question: str | None = None, start: float | None =
         print(f"note: the model sees {model.cfg.clip_seconds:g} s of a video; answering about {seen} of "
               f"{video} ({clip.duration:.1f} s long). Choose another part with --start/--end, or "
               f"stream all of it with --whole.", file=log)
-    sample, prompt_ids = _prompt(model, tokenizer, video, question)
     [answer] = predict(model, tokenizer, clip.video[None], clip.audio[None], prompt_ids, [sample],
-                       labels=stats.get("labels"),
+                       labels=stats.get("labels"), max_new_tokens=answer_budget(stats),
                        chunk_mask=chunk_mask(clip.valid_chunks, model.cfg.num_chunks)[None])
     return answer
 
@@ -62,19 +68,19 @@ def parse_times(text: str) -> list[float]:
 
 def ask_stream(run: str, video: str, question: str | None = None, at: list[float] | None = None,
                start: float | None = None, end: float | None = None, max_context_chunks: int | None = None,
-               whole: bool = False, log=None) -> list[tuple[float, str]]:
+               whole: bool = False, log=None, family: str | None = None) -> list[tuple[float, str]]:
     """Stream `video` (from `start` to `end`, default all of it) chunk by chunk through the run's
     model and answer after each second in `at` (seconds from `start`) or, without `at`, once at the
     end (with `whole` as well, also at the end). Returns [(seconds seen, answer)], printing each;
     `log` (a file) gets a progress line of chunks consumed. An `at` time past the end of the video
-    is answered at the end."""
-    from mirasol.eval.predict import predict_from_memory
+    is answered at the end. `family`: as in `ask`."""
+    from mirasol.eval.predict import answer_budget, predict_from_memory
     from mirasol.media.chunk_reader import iter_chunks
     from mirasol.run_dir import load_run
 
     model, tokenizer, stats, _ = load_run(run)
     cfg = model.cfg
-    sample, prompt_ids = _prompt(model, tokenizer, video, question)
+    sample, prompt_ids = _prompt(model, tokenizer, video, question, stats, family)
     session = model.stream(max_context_chunks=max_context_chunks)
     if log is not None and cfg.clip_window == "uniform":
         print(f"note: this run saw {cfg.num_chunks} chunks spread over each whole video in training "
@@ -87,7 +93,8 @@ def ask_stream(run: str, video: str, question: str | None = None, at: list[float
 
     def answer(when: float) -> None:
         memory = session.latents().flatten(1, 2)
-        [text] = predict_from_memory(model, tokenizer, memory, prompt_ids, [sample], labels=stats.get("labels"))
+        [text] = predict_from_memory(model, tokenizer, memory, prompt_ids, [sample], labels=stats.get("labels"),
+                                     max_new_tokens=answer_budget(stats))
         answers.append((when, text))
         if log is not None:
             print(f"\r{' ' * 60}\r", end="", file=log)  # clear the progress line

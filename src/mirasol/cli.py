@@ -111,11 +111,11 @@ def cmd_ask(args) -> int:
         raise UsageError(f"--window takes a number of chunks >= 1, got {args.window}")
     if args.whole or args.at:
         ask_stream(args.run, args.video, args.question, parse_times(args.at) if args.at else None,
-                   args.start, args.end, args.window, whole=args.whole, log=sys.stderr)
+                   args.start, args.end, args.window, whole=args.whole, log=sys.stderr, family=args.family)
     else:
         if args.window is not None:
             raise UsageError("--window applies to streaming: add --whole or --at")
-        print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr))
+        print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr, family=args.family))
     return 0
 
 
@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream the video and answer after each of these seconds, e.g. --at 30,60,90")
     p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
                    help="with --whole/--at: the AV model attends to the last CHUNKS chunks only (bounded memory)")
+    p.add_argument("--family", default=None, metavar="TYPE",
+                   help="answer by choosing the best-scoring of the answers this question family (a manifest "
+                        "`type`) had in training, instead of decoding freely")
 
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][1], description=COMMANDS["quickstart"][1])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")

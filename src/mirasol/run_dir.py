@@ -37,16 +37,30 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 # --- run files written once at the start of training ---------------------------------------
-def train_stats(samples) -> dict:
-    """What evaluation needs from the training set: the closed label set and answer priors."""
+MAX_FAMILY_ANSWERS = 256  # answers kept per family for closed answering (the most frequent)
+
+
+def train_stats(samples, tokenizer: MirasolTokenizer | None = None) -> dict:
+    """What answering and evaluation need from the training set: the closed label set, answer
+    priors, each family's answers (for answering by choosing among them) and, given the tokenizer,
+    the longest answer in tokens with its EOS (where free answers stop: a model asked about media
+    unlike its training world would otherwise run on to the generation limit)."""
     by_family: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    spelling: dict[tuple[str, str], str] = {}
     for s in samples:
-        by_family[family(s)][normalize_answer(s.answer)] += 1
-    return {
+        key = normalize_answer(s.answer)
+        by_family[family(s)][key] += 1
+        spelling.setdefault((family(s), key), s.answer.strip())
+    stats = {
         "labels": sorted({s.answer for s in samples if s.task == "classify"}),
         "answer_prior": {f: c.most_common(1)[0][0] for f, c in by_family.items()},
+        "answers_by_family": {f: sorted(spelling[f, a] for a, _ in c.most_common(MAX_FAMILY_ANSWERS))
+                              for f, c in sorted(by_family.items())},
         "num_samples": len(samples),
     }
+    if tokenizer is not None and samples:
+        stats["max_answer_tokens"] = max(len(tokenizer.encode_answer(s.answer)) for s in samples)
+    return stats
 
 
 def write_run_files(run: Path, run_config: dict, tokenizer: MirasolTokenizer, stats: dict) -> None:

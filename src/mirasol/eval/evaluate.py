@@ -21,7 +21,7 @@ from mirasol.data.dataset import _pad, collate, open_dataset, ready_clips
 from mirasol.data.manifest import prompt_text, read_manifest
 from mirasol.errors import UsageError
 from mirasol.eval.controls import check_control, perturb_chunks, perturb_media
-from mirasol.eval.predict import predict, predict_from_memory
+from mirasol.eval.predict import answer_budget, predict, predict_from_memory
 from mirasol.eval.scoring import score_rows, summarize
 from mirasol.run_dir import load_run
 
@@ -68,6 +68,7 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
                                                media, generator)
             answers = predict(model, tokenizer, video.to(device), audio.to(device),
                               batch["prompt_ids"].to(device), batch_samples, labels=stats.get("labels"),
+                              max_new_tokens=answer_budget(stats),
                               media_index=batch["media_index"].to(device), chunk_mask=mask.to(device))
             for i, row in zip(batch["index"].tolist(), score_rows(batch_samples, answers)):
                 rows[i] = row
@@ -122,7 +123,8 @@ def _answer_whole(model, tokenizer, stats, samples, window, media, generator, de
             prompts = _pad([tokenizer.encode_prompt(prompt_text(s), model.cfg.max_text_len) for s in batch_samples],
                            tokenizer.pad_id, left=True).to(device)
             memory = session.latents().expand(len(index), -1, -1, -1)
-            answers = predict_from_memory(model, tokenizer, memory, prompts, batch_samples, labels=stats.get("labels"))
+            answers = predict_from_memory(model, tokenizer, memory, prompts, batch_samples, labels=stats.get("labels"),
+                                          max_new_tokens=answer_budget(stats))
             for i, row in zip(index, score_rows(batch_samples, answers)):
                 rows[i] = row
     kept = [r for r in rows if r is not None]

@@ -9,12 +9,32 @@ import torch
 
 from mirasol.data.manifest import Sample
 from mirasol.data.tokenizer import MirasolTokenizer
+from mirasol.errors import UsageError
 from mirasol.model import Mirasol
 
 # Prompt + candidate sequences per decoder call when scoring options. On CPU a few hundred is
 # fastest: 32 rows x 9 labels in one call, but VGGSound-size label sets (309) one row per call
 # (benchmarks/candidate_scoring.py).
 MAX_SCORED_SEQUENCES = 512
+DEFAULT_ANSWER_TOKENS = 24  # for runs trained before train_stats.json recorded max_answer_tokens
+
+
+def family_answers(stats: dict, family: str) -> list[str]:
+    """The answers a question family had in training (train_stats.json), for answering by choosing
+    among them instead of decoding freely. An unknown family raises UsageError naming the known ones."""
+    known = stats.get("answers_by_family") or {}
+    if family not in known:
+        listed = ", ".join(sorted(known)) if known else "none: this run was trained before they were recorded"
+        raise UsageError(f"no training answers of family {family!r}; families with answers: {listed}")
+    if len(known[family]) < 2:
+        raise UsageError(f"family {family!r} had one answer in training ({known[family][0]!r}): nothing to choose")
+    return list(known[family])
+
+
+def answer_budget(stats: dict | None) -> int:
+    """How many tokens a free answer may take: the longest training answer with its EOS (from
+    train_stats.json), so an answer ends where the run's training answers end."""
+    return int((stats or {}).get("max_answer_tokens") or DEFAULT_ANSWER_TOKENS)
 
 
 @torch.no_grad()

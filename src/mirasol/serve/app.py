@@ -34,7 +34,10 @@ class Question(BaseModel):
     choices: list[str] | None = Field(None, description="answer by choosing the best-scoring of these")
     evidence: bool = Field(True, description="per-chunk evidence: drop in log p(answer) with the chunk hidden")
     modalities: bool = Field(True, description="also answer with the audio removed and with the video removed")
-    max_new_tokens: int = Field(24, ge=1, le=64)
+    family: str | None = Field(None, max_length=100, description="answer by choosing among the answers this question family "
+                               "had in training (see /info trained_on.families_with_answers)")
+    max_new_tokens: int | None = Field(None, ge=1, le=64, description="free answers: at most this many "
+                                       "tokens (default: the longest training answer's length)")
 
 
 class _TooLarge(Exception):
@@ -168,7 +171,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.post("/videos/{video_id}/ask")
     def ask(video_id: str, body: Question = Body(...)):
         return service.ask(video_id, body.question, body.choices, body.evidence, body.modalities,
-                           body.max_new_tokens)
+                           body.max_new_tokens, body.family)
 
     app.add_middleware(BodyLimit, limit=service.limits.max_upload_bytes)  # outermost: before any parsing
     return app

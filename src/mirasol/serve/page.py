@@ -44,6 +44,7 @@ table{border-collapse:collapse}td{padding:2px 10px 2px 0}
 <section>
   <label for="question">Question</label><input id="question" type="text" placeholder="what is cooked?">
   <label for="choices">Choices (optional, comma-separated)</label><input id="choices" type="text" placeholder="red, green, blue">
+  <label for="family">Or choose among the training answers of a question family</label><select id="family"><option value="">(free answer)</option></select>
   <button id="ask" disabled>Ask</button>
   <div id="answer"></div><div id="elapsed" class="muted"></div>
   <table id="controls" hidden>
@@ -70,6 +71,7 @@ async function init() {
   try {
     const info = await api("/info");
     $("run").textContent = `${info.run}: ${info.preset || "custom"}, ${info.combiner} combiner, ${info.chunk_seconds} s chunks`;
+    for (const name of info.trained_on.families_with_answers || []) { const o = document.createElement("option"); o.value = o.textContent = name; $("family").appendChild(o); }
     for (const name of info.examples) { const o = document.createElement("option"); o.value = o.textContent = name; $("example").appendChild(o); }
   } catch (e) { showError(e); }
 }
@@ -135,7 +137,8 @@ $("ask").addEventListener("click", async () => {
   const started = performance.now();
   try {
     const r = await api(`/videos/${videoId}/ask`, {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({question: $("question").value, choices: choices.length ? choices : null})});
+      body: JSON.stringify({question: $("question").value, choices: choices.length ? choices : null,
+                            family: $("family").value || null})});
     $("answer").textContent = r.answer || "(empty answer)";
     $("elapsed").textContent = `answered in ${(r.seconds * 1000).toFixed(0)} ms by the model, ${(performance.now() - started).toFixed(0)} ms in all (with evidence and the two controls)`;
     $("no-audio").textContent = r.without_audio; $("no-video").textContent = r.without_video; $("controls").hidden = false;

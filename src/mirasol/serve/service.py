@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirasol.errors import MirasolError
+from mirasol.errors import MirasolError, UsageError
+from mirasol.eval.predict import answer_budget, family_answers
 from mirasol.serve.evidence import answer as answer_about, chunk_evidence
 from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
 
@@ -248,7 +249,10 @@ class Service:
             "window": self.window,
             "trained_on": {"samples": stats.get("num_samples"),
                            "families": sorted(stats.get("answer_prior", {})),
-                           "labels": stats.get("labels", [])},
+                           "labels": stats.get("labels", []),
+                           "families_with_answers": sorted(f for f, a in stats.get("answers_by_family", {}).items()
+                                                           if len(a) > 1),
+                           "max_answer_tokens": answer_budget(stats)},
             "limits": self.limits.to_dict(),
             "examples": sorted(self.examples),
         }
@@ -403,8 +407,10 @@ class Service:
         return _png(thumbs[index].numpy())
 
     def ask(self, video_id: str, question: str | None, choices: list[str] | None = None,
-            evidence: bool = True, modalities: bool = True, max_new_tokens: int = 24) -> dict:
+            evidence: bool = True, modalities: bool = True, max_new_tokens: int | None = None,
+            family: str | None = None) -> dict:
         question = (question or "").strip() or None
+        max_new_tokens = max_new_tokens or answer_budget(self.stats)
         if question is not None and len(question) > self.limits.max_question_chars:
             raise UploadError(f"the question is {len(question)} characters; at most "
                               f"{self.limits.max_question_chars} are taken")
@@ -415,6 +421,13 @@ class Service:
                                   f"{self.limits.max_choice_chars} characters each")
             if len(choices) == 1:
                 raise UploadError("give at least two choices, or none for a free answer")
+        if family is not None:
+            if choices:
+                raise UploadError("give either choices or a family whose training answers to choose among, not both")
+            try:
+                choices = family_answers(self.stats, family)
+            except UsageError as err:
+                raise UploadError(str(err)) from None
         tensors, meta = self._entry(video_id)  # unknown (404) or still encoding (409): said even when busy
         if not self.pending.acquire(blocking=False):
             raise Busy(f"{self.limits.max_pending} questions are already waiting; try again shortly")

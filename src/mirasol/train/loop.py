@@ -32,7 +32,7 @@ from mirasol.data.dataset import ClipDataset, EpochBatches, collate, open_datase
 from mirasol.data.manifest import read_manifest
 from mirasol.data.shards import ShardLoader, is_shards, read_rows, unpack
 from mirasol.data.tokenizer import BackboneTokenizer, MirasolTokenizer, tokenizer_texts
-from mirasol.eval.predict import predict
+from mirasol.eval.predict import answer_budget, predict
 from mirasol.eval.scoring import accuracy_by_family, score_rows
 from mirasol.model import Mirasol
 from mirasol.run_config import RunConfig
@@ -145,7 +145,7 @@ def _check_and_prepare(run_cfg: RunConfig, train_manifest, val_manifest, out: Pa
             if shards:
                 train_samples = read_rows(train_manifest)[0]
             tokenizer = _make_tokenizer(run_cfg, train_samples + val_samples)
-            run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples))
+            run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples, tokenizer))
         manifests = ([] if shards else [train_manifest]) + ([val_manifest] if val_manifest else [])
         if manifests:
             ready_clips(manifests, cache_dir, run_cfg.data, run_cfg.model,
@@ -332,7 +332,7 @@ def validate(model, dataset, tokenizer, stats, run_cfg, device, max_samples: int
             samples = [dataset.samples[i] for i in batch["index"].tolist()]
             answers = predict(model, tokenizer, batch["video"], batch["audio"], batch["prompt_ids"], samples,
                               labels=stats["labels"], media_index=batch["media_index"],
-                              chunk_mask=batch["chunk_mask"])
+                              chunk_mask=batch["chunk_mask"], max_new_tokens=answer_budget(stats))
         rows += score_rows(samples, answers)
     model.train()
     return {"val_text_loss": loss_sum / max(tokens, 1), "val_accuracy": sum(r["correct"] for r in rows) / n,

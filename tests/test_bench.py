@@ -137,3 +137,12 @@ def test_long_smoke():
     assert r["results"]["stream_window/6"]["cache_tokens_per_layer"] == m  # the last W - 1 = 1 chunk
     assert "unchunked_over_batch_6" in r["summary"] and r["results"]["batch/6"]["cpu_ms_per_frame"] > 0
     json.dumps(r)
+
+
+def test_bench_serve_later_questions_cost_only_the_decoder(tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")  # not needed by the benchmark itself, but the serve extra marks the set-up
+    monkeypatch.setenv("MIRASOL_BENCH_DIR", str(tmp_path))
+    r = bench.bench_serve(preset="tiny", seconds=6, questions=3, quiet=True)
+    assert r["chunks"] == 6 and r["first_question_s"] > r["encode_s"] > 0
+    assert r["later_question_s"] < r["first_question_s"] and r["speedup"] == pytest.approx(
+        r["first_question_s"] / r["later_question_s"])

@@ -23,8 +23,10 @@ count is left at torch's default and reported with the torch version.
     long       64 to 1024 frames of the small preset's media: streaming chunk by chunk (with and
                without a window), batch encode_media and one unchunked transformer; time per frame
                and peak RSS, each case in a fresh process
+    serve      the server's first question about a 30 s video (decode + encode + answer) against
+               each later one (stored latents, text decoder only); `--preset` (default: small)
 
-`all` runs step, chunks, generate and data; `prepare`, `store` and `long` are slower, and `memory`
+`all` runs step, chunks, generate and data; `prepare`, `store`, `long` and `serve` are slower, and `memory`
 starts fresh processes, so they only run when named. Python: ``run("step")`` or the ``bench_*``
 functions, whose keyword arguments shrink them (the tests use that).
 
@@ -49,6 +51,7 @@ from mirasol.perf.media import (  # noqa: F401
     REAL_INPUTS, STORE_CANDIDATES, bench_data, bench_prepare, bench_store, bench_uniform, decode_peak_rss,
     real_media_dir, synthetic_cache, write_test_video)
 from mirasol.perf.memory import bench_memory, default_checks, measured_peak  # noqa: F401
+from mirasol.perf.serve_speed import bench_serve
 from mirasol.perf.model_speed import (  # noqa: F401
     CHUNK_OVERRIDES, UnchunkedBaseline, attention_elements, bench_chunks, bench_generate, bench_step)
 from mirasol.errors import UsageError
@@ -68,6 +71,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "store": bench_store,
     "memory": bench_memory,
     "long": bench_long,
+    "serve": bench_serve,
 }
 ALL = ("step", "chunks", "generate", "data")
 
@@ -85,7 +89,12 @@ def run(what: str = "all", out: str | os.PathLike | None = None, step_options: d
     results = {"environment": env}
     for name in names:
         began, load = time.perf_counter(), _load()
-        results[name] = BENCHMARKS[name](**(step_options or {}) if name == "step" else {})
+        options = step_options or {}
+        if name == "serve":  # of the step options, the preset applies here too
+            options = {k: v for k, v in options.items() if k == "preset"}
+        elif name != "step":
+            options = {}
+        results[name] = BENCHMARKS[name](**options)
         results[name].update(wall_s=time.perf_counter() - began, load_average_before=load, load_average_after=_load())
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

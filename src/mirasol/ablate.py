@@ -25,6 +25,10 @@ questions per step, changed only where its row says:
     chunks_16     16 chunks x 2 s (4 frames), m = 16: same frames, same 256 latent tokens
     short_train   trained on the 8 s cut of the same world (8 chunks x 1 s), tested on the 32 s clips
                   streamed whole (evaluate --whole)
+    curriculum    short_train (the same steps), then steps / 2 more steps on the 32 s clips (32 chunks),
+                  tested streamed whole (the streamed latents equal encode_media over the 32 chunks; the
+                  run's config.json keeps the first phase's num_chunks=8). The audio fix of
+                  benchmarks/ablations.md
     contrastive   the reference plus an audio-video InfoNCE loss between each chunk's pooled video
                   and audio tokens (model.av_contrastive_weight = 0.1, temperature 0.1)
 
@@ -59,6 +63,7 @@ class Variant:
     overrides: tuple[str, ...] = ()
     world: str = "long"  # long | short (the 8 s cut)
     whole: bool = False  # evaluate by streaming the whole 32 s clip
+    then_long: bool = False  # curriculum: after the short world, steps / 2 more on the long one
     controls: tuple[str, ...] = ()
 
 
@@ -76,6 +81,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("short_train", "trained on 8 s clips, streamed whole", ("model.num_chunks=8",), world="short",
             whole=True),
     Variant("contrastive", "reference + audio-video InfoNCE", ("model.av_contrastive_weight=0.1",)),
+    Variant("curriculum", "8 s clips, then 32 s clips (steps / 2)", ("model.num_chunks=8",), world="short",
+            whole=True, then_long=True),
 )}
 
 
@@ -171,7 +178,8 @@ def _run_one(job: dict) -> dict:
     worlds = job["worlds"]
     world = Path(worlds[variant.world])
     run_cfg = run_config_for(variant, settings, seed)
-    resume = latest_checkpoint(run / "train") is not None
+    last = latest_checkpoint(run / "train")
+    resume = last is not None
     if not resume and (run / "train").exists():
         shutil.rmtree(run / "train")  # killed before its first checkpoint: start again
     started = time.perf_counter()
@@ -179,7 +187,14 @@ def _run_one(job: dict) -> dict:
     stdout = sys.stdout
     try:
         sys.stdout = quiet  # the store's report and the summary; the grid prints one line per run
-        train(run_cfg, str(world / "train.jsonl"), None, run / "train", resume=resume, progress=False)
+        done_steps = int(last.name.split("_")[-1]) if last is not None else 0
+        if done_steps < settings.steps:
+            train(run_cfg, str(world / "train.jsonl"), None, run / "train", resume=resume, progress=False)
+        if variant.then_long:  # second phase: the same run goes on over the long clips
+            long_cfg = run_config_for(Variant("long", "", ()), settings, seed)
+            long_cfg.train.max_steps = settings.steps + settings.steps // 2
+            train(long_cfg, str(Path(worlds["long"]) / "train.jsonl"), None, run / "train", resume=True,
+                  progress=False)
         train_seconds = time.perf_counter() - started
         test = Path(worlds["long"]) / "test.jsonl"
         reports = {}
@@ -201,10 +216,16 @@ def _run_one(job: dict) -> dict:
 
     cfg = run_cfg.model
     flops = model_flops(cfg, TEXT_LEN, QUESTIONS_PER_CLIP)["train"]
+    total = flops * settings.steps * run_cfg.train.batch_size
+    if variant.then_long:  # FLOPs per sample: the mean over both phases' samples
+        long_flops = model_flops(run_config_for(Variant("long", "", ()), settings, seed).model, TEXT_LEN,
+                                 QUESTIONS_PER_CLIP)["train"]
+        total += long_flops * (settings.steps // 2) * run_cfg.train.batch_size
+        flops = total / ((settings.steps + settings.steps // 2) * run_cfg.train.batch_size)
     result = {
         "variant": variant.name, "seed": seed, "overrides": list(variant.overrides) + list(settings.extra),
-        "steps": settings.steps, "batch": run_cfg.train.batch_size,
-        "train_flops_per_sample": flops, "train_flops": flops * settings.steps * run_cfg.train.batch_size,
+        "steps": settings.steps + (settings.steps // 2 if variant.then_long else 0), "batch": run_cfg.train.batch_size,
+        "train_flops_per_sample": flops, "train_flops": total,
         "parameters": Mirasol(cfg).num_parameters()["total"],
         "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": resume, "threads": job["threads"],
         "reports": {k: {"accuracy": r["accuracy"], "by_type": r["by_type"], "n": r["n"]} for k, r in reports.items()},
@@ -249,6 +270,14 @@ def run_grid(settings: GridSettings) -> dict:
     else:
         for job in jobs:
             done(_run_one(job))
+    # the table covers every finished run in the folder, also those of earlier calls with other variants
+    seen = {(r["variant"], r["seed"]) for r in results}
+    for path in sorted((settings.out / "runs").glob("*/seed*/result.json")):
+        earlier = json.loads(path.read_text())
+        if (earlier["variant"], earlier["seed"]) not in seen and earlier["variant"] in VARIANTS:
+            results.append(earlier)
+    order = list(VARIANTS)
+    results.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
     summary = summarize(results, settings)
     summary["grid_seconds"] = time.perf_counter() - started
     (settings.out / "results.json").write_text(json.dumps(summary, indent=2))

@@ -324,3 +324,86 @@ def test_evidence_hides_exactly_one_chunk(service):
     assert len(runs) == 64 and runs[0][0] == 0 and runs[-1][1] == 200
     assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
     assert json.dumps(found)  # JSON-ready
+
+
+# --- the Gradio page (gradio_page.py; the serve-gradio extra) -------------------------------------
+@pytest.fixture(scope="module")
+def gradio_client(service):
+    pytest.importorskip("gradio", reason="the serve-gradio extra is not installed: pip install -e '.[serve-gradio]'")
+    app = create_app(service, gradio=True)
+    assert app.state.gradio == "mounted at /gradio"
+    return TestClient(app)
+
+
+def test_gradio_page_is_mounted_on_the_same_app(gradio_client, service):
+    page = gradio_client.get("/gradio/")
+    assert page.status_code == 200 and "<html" in page.text and "gradio" in page.text.lower()
+    config = gradio_client.get("/gradio/config").json()  # the page's layout, served by the mounted app
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"mirasol-video", "mirasol-question", "mirasol-ask", "mirasol-answer", "mirasol-strip",
+            "mirasol-gallery", "mirasol-no-audio", "mirasol-no-video", "mirasol-progress"} <= ids
+    assert gradio_client.get("/info").json()["pages"]["/gradio"] == "mounted at /gradio"
+    assert gradio_client.get("/").status_code == 200  # the plain page stays
+    assert gradio_client.app.state.service is service  # one service: one model load
+
+
+def test_gradio_callbacks_answer_with_controls_and_timeline(gradio_client, service):
+    """The functions behind the page's callbacks, on plain values, as the page calls them."""
+    from mirasol.serve.gradio_page import NO_FAMILY, PageActions, gallery_items, timeline_html
+
+    actions = PageActions(service)
+    assert actions.families() == ["color"] and "example3.mp4" in actions.examples()
+    assert "error" in actions.use_example("../etc/passwd") and "error" in actions.ask(None, "q?")
+    submitted = actions.use_upload(str(sample("flipping_a_pancake.mkv")))
+    assert submitted["state"] in ("queued", "encoding", "ready") and "flipping_a_pancake.mkv" in submitted["message"]
+    deadline = time.monotonic() + 60
+    while not (progress := actions.progress(submitted["id"]))["done"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert progress["message"] == "ready: flipping_a_pancake.mkv, 11 chunks"
+    out = actions.ask(submitted["id"], "what is cooked?", "a pancake, an egg", NO_FAMILY)
+    api = service.ask(submitted["id"], "what is cooked?", ["a pancake", "an egg"])
+    assert out["answer"] == api["answer"] and out["answer"] in ("a pancake", "an egg")
+    assert out["without_audio"] in ("a pancake", "an egg") and out["without_video"] in ("a pancake", "an egg")
+    assert out["time"].startswith("answered in ")
+    assert [t["index"] for t in out["timeline"]] == list(range(11))
+    assert [t["drop"] for t in out["timeline"]] == pytest.approx([s["drop"] for s in api["evidence"]["segments"]])
+    assert all(t["png"] == service.thumbnail(submitted["id"], t["index"]) for t in out["timeline"])
+    strip = timeline_html(out["timeline"])
+    assert strip.count('class="mirasol-chunk"') == 11 and "data:image/png;base64," in strip
+    assert [im.size for im, _ in gallery_items(out["timeline"])] == [(32, 32)] * 11
+    assert actions.ask(submitted["id"], "what color?", None, "color")["answer"] in ("green", "red")
+    assert "at least two choices" in actions.ask(submitted["id"], "q?", "only one")["error"]
+    example = actions.use_example("example3.mp4")
+    assert example["video"].endswith("example3.mp4") and "example3.mp4" in example["message"]
+
+
+def test_gradio_with_a_token_asks_for_it_as_password(service):
+    pytest.importorskip("gradio", reason="the serve-gradio extra is not installed: pip install -e '.[serve-gradio]'")
+    client = TestClient(create_app(service, token="s3cret", gradio=True))
+    assert client.get("/gradio/config").status_code == 401
+    assert client.post("/gradio/login", data={"username": "me", "password": "wrong"}).status_code == 400
+    assert client.post("/gradio/login", data={"username": "me", "password": "s3cret"}).status_code == 200
+    assert client.get("/gradio/config").status_code == 200
+    assert client.get("/info").status_code == 401  # the API still wants the bearer token
+
+
+def test_without_gradio_the_page_is_not_mounted_and_info_says_why(service):
+    code = ("import sys, mirasol, mirasol.cli, mirasol.serve.app, mirasol.serve.gradio_page\n"
+            "print('imported' if 'gradio' in sys.modules else 'not imported')")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "not imported", out.stderr  # only a page that is asked for imports it
+    import sys
+
+    saved = sys.modules.get("gradio")
+    sys.modules["gradio"] = None
+    try:
+        client = TestClient(create_app(service, gradio=True))
+    finally:
+        if saved is None:
+            del sys.modules["gradio"]
+        else:
+            sys.modules["gradio"] = saved
+    assert "not mounted: Gradio is not installed" in client.get("/info").json()["pages"]["/gradio"]
+    assert client.get("/gradio/").status_code == 404 and client.get("/").status_code == 200
+    assert TestClient(create_app(service)).get("/info").json()["pages"]["/gradio"] == "not mounted: not asked for"

@@ -55,6 +55,20 @@ def chromium() -> str:
     return exe
 
 
+def same_as_the_api(url: str, vid: str, answer: str, drops: list[float]) -> None:
+    """What a page showed for "what is cooked?" among two choices is what the API answers."""
+    api = httpx.post(f"{url}/videos/{vid}/ask", timeout=60,
+                     json={"question": "what is cooked?", "choices": ["a pancake", "an egg"]}).json()
+    assert api["answer"] == answer
+    assert [s["drop"] for s in api["evidence"]["segments"]] == pytest.approx(drops, abs=1e-6)
+
+
+def screenshot(page, shot: Path) -> None:
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
 def test_the_page_in_a_real_browser(server, tmp_path):
     """Headless Chromium opens the page, uploads a video, asks, reads the answer and the timeline,
     then picks an example; a screenshot is saved in the test's tmp folder."""
@@ -86,15 +100,8 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             page.wait_for_function("Array.from(document.querySelectorAll('#timeline img'))"
                                    ".every(i => i.complete && i.naturalWidth === 32)")
             # what the page shows is what the API answers
-            vid = page.evaluate("videoId")
-            api = httpx.post(f"{server['url']}/videos/{vid}/ask", timeout=60,
-                             json={"question": "what is cooked?", "choices": ["a pancake", "an egg"]}).json()
-            assert api["answer"] == answer
-            assert [s["drop"] for s in api["evidence"]["segments"]] == pytest.approx(drops, abs=1e-6)
-            shot = tmp_path / "serve_page.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            print(f"screenshot: {shot}")
+            same_as_the_api(server["url"], page.evaluate("videoId"), answer, drops)
+            screenshot(page, tmp_path / "serve_page.png")
 
             page.select_option("#example", "example3.mp4")  # an example, played from the server
             page.click("#use-example")
@@ -235,3 +242,70 @@ def test_kill_9_during_encoding_leaves_no_half_entry(run, tmp_path):
         assert _cache_files(cache) == ([f"{vid}.safetensors"], [])
     finally:
         stop(proc)
+
+
+def test_the_gradio_page_in_a_real_browser(server, tmp_path):
+    """Headless Chromium opens the Gradio page (/gradio, mounted on the same server), uploads a
+    video, watches the encoding finish, asks, reads the answer, both controls and the timeline,
+    then picks an example; nothing is loaded from anywhere but the server. Screenshot in tmp."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    exe = chromium()
+    info = httpx.get(server["url"] + "/info").json()
+    if not info["pages"]["/gradio"].startswith("mounted"):
+        pytest.skip(f"the Gradio page is {info['pages']['/gradio']}")
+    local = server["url"] + "/"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            errors, elsewhere = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            def only_local(route):
+                url = route.request.url
+                if url.startswith((local, "data:", "blob:")):
+                    return route.continue_()
+                elsewhere.append(url)
+                return route.abort()
+
+            page.route("**/*", only_local)
+            page.goto(server["url"] + "/gradio/")
+            expect(page.locator("#mirasol-run")).to_contain_text("transformer combiner", timeout=30_000)
+            page.set_input_files("#mirasol-video input[type=file]", str(sample("flipping_a_pancake.mkv")))
+            expect(page.locator("#mirasol-progress textarea")).to_have_value(
+                "ready: flipping_a_pancake.mkv, 11 chunks", timeout=60_000)
+            page.fill("#mirasol-question textarea", "what is cooked?")
+            page.fill("#mirasol-choices textarea", "a pancake, an egg")
+            page.click("#mirasol-ask")
+            expect(page.locator("#mirasol-time textarea")).to_have_value(re.compile("^answered in "), timeout=60_000)
+            answer = page.locator("#mirasol-answer textarea").input_value()
+            assert answer in ("a pancake", "an egg")
+            assert page.locator("#mirasol-no-audio textarea").input_value() in ("a pancake", "an egg")
+            assert page.locator("#mirasol-no-video textarea").input_value() in ("a pancake", "an egg")
+            chunks = page.locator("#mirasol-strip .mirasol-chunk")
+            expect(chunks).to_have_count(11)
+            drops = [float(chunks.nth(i).get_attribute("data-drop")) for i in range(11)]
+            expect(page.locator("#mirasol-gallery img")).to_have_count(11)
+            page.wait_for_function("Array.from(document.querySelectorAll('#mirasol-gallery img, #mirasol-strip img'))"
+                                   ".every(i => i.complete && i.naturalWidth === 32)")
+            # what the page shows is what the API answers
+            status = httpx.get(server["url"] + "/info").json()
+            assert status["pages"]["/gradio"] == "mounted at /gradio"
+            vid = httpx.post(server["url"] + "/videos", timeout=60, files={
+                "file": ("x.mkv", sample("flipping_a_pancake.mkv").read_bytes())}).json()["id"]  # cached: same id
+            same_as_the_api(server["url"], vid, answer, drops)
+            screenshot(page, tmp_path / "serve_gradio_page.png")
+
+            page.locator("#mirasol-example input").click()  # an example, played from the server
+            page.get_by_role("option", name="example3.mp4").click()
+            page.click("#mirasol-use-example")
+            expect(page.locator("#mirasol-progress textarea")).to_have_value(
+                re.compile(r"^ready: example3\.mp4, \d+ chunks$"), timeout=60_000)
+            page.wait_for_function("document.querySelector('#mirasol-video video') !== null && "
+                                   "document.querySelector('#mirasol-video video').readyState >= 1")
+            assert errors == [] and elsewhere == [], (errors, elsewhere)
+        finally:
+            browser.close()

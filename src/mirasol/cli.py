@@ -189,7 +189,7 @@ def cmd_serve(args) -> int:
                     queue=args.queue, max_pending=args.max_pending)
     serve(args.run, host=args.host, port=args.port, token=args.token or os.environ.get("MIRASOL_SERVE_TOKEN"),
           cache_dir=args.cache, cache_bytes=int(args.cache_gb * 2**30), limits=limits, window=args.window,
-          examples=args.examples, log=sys.stderr)
+          examples=args.examples, gradio=not args.no_gradio, log=sys.stderr)
     return 0
 
 
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pending", type=int, default=64, help="questions admitted at once before 503 (default 64)")
     p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
                    help="the AV model attends to the last CHUNKS chunks only (bounded memory on long videos)")
+    p.add_argument("--no-gradio", action="store_true",
+                   help="do not mount the Gradio page at /gradio (by default it is, where the serve-gradio extra "
+                   "is installed; the plain page at / is always there)")
 
     p = sub.add_parser("consolidate", help=COMMANDS["consolidate"][1], description=COMMANDS["consolidate"][1])
     p.add_argument("checkpoint", help="a checkpoint folder (RUN/checkpoints/step_N), or a run: its latest checkpoint")

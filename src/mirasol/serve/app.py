@@ -1,6 +1,7 @@
 """The HTTP layer of `mirasol serve`: a FastAPI app over `Service` (OpenAPI docs at /docs).
 
     GET  /                              the page (page.py)
+    /gradio                             the Gradio page (gradio_page.py), where Gradio is installed and asked for
     GET  /health                        liveness, queue length (no token needed)
     GET  /info                          the run: preset, combiner, chunking, what it was trained on, limits
     POST /videos                        upload (multipart field `file`) -> {"id", "state"}; 202 while encoding
@@ -87,16 +88,23 @@ class BodyLimit:
                 await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
 
 
-def create_app(service: Service, token: str | None = None) -> FastAPI:
+def create_app(service: Service, token: str | None = None, gradio: bool = False) -> FastAPI:
     """The app around a loaded service. With `token`, every route but the page, /health and the
-    docs needs `Authorization: Bearer <token>` (or `?token=` on GET, for images on the page)."""
+    docs needs `Authorization: Bearer <token>` (or `?token=` on GET, for images on the page).
+    `gradio`: also mount the Gradio page at /gradio (gradio_page.py) over the same service, where
+    Gradio is installed; `app.state.gradio` (and /info's `pages`) says whether it was and why not.
+    The Gradio page's own routes check the token by Gradio's login (the token is the password)."""
     app = FastAPI(title="mirasol serve", version="1",
                   description="Ask a trained Mirasol3B model about a video: upload once, ask many times.")
     app.state.service = service
+    app.state.gradio = "not mounted: not asked for"
+    gradio_prefix = None
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
-        if token is not None and request.url.path not in OPEN_PATHS:
+        path = request.url.path
+        in_gradio = gradio_prefix is not None and (path == gradio_prefix or path.startswith(gradio_prefix + "/"))
+        if token is not None and path not in OPEN_PATHS and not in_gradio:
             given = request.headers.get("authorization", "")
             given = given[7:] if given.lower().startswith("bearer ") else request.query_params.get("token", "")
             if not hmac.compare_digest(given.encode(), token.encode()):
@@ -130,7 +138,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
 
     @app.get("/info")
     def info():
-        return service.info()
+        return {**service.info(), "pages": {"/": "the plain page", "/gradio": app.state.gradio}}
 
     @app.post("/videos", status_code=202)
     def upload(file: UploadFile = File(..., description="a video file")):
@@ -173,6 +181,12 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         return service.ask(video_id, body.question, body.choices, body.evidence, body.modalities,
                            body.max_new_tokens, body.family)
 
+    if gradio:
+        from mirasol.serve.gradio_page import GRADIO_PATH, mount
+
+        app.state.gradio = mount(app, service, token=token, path=GRADIO_PATH)
+        if app.state.gradio.startswith("mounted"):
+            gradio_prefix = GRADIO_PATH
     app.add_middleware(BodyLimit, limit=service.limits.max_upload_bytes)  # outermost: before any parsing
     return app
 
@@ -197,7 +211,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           cache_dir: str | None = None, cache_bytes: int = 2 * 2**30, limits=None, window: int | None = None,
-          examples: str | None = None, log=None) -> None:
+          examples: str | None = None, gradio: bool = True, log=None) -> None:
     """Load the run and serve the page and API until interrupted. Any address but the loopback
     needs a token (UsageError otherwise)."""
     import os
@@ -213,9 +227,12 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None
     if cache_dir is None:
         cache_dir = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirasol" / "serve")
     service = Service(run, cache_dir, cache_bytes=cache_bytes, limits=limits, window=window, examples=examples)
-    app = create_app(service, token=token)
+    app = create_app(service, token=token, gradio=gradio)
     shown = f"[{host}]" if ":" in host else host
     if log is not None:
         print(f"mirasol serve: {run} on http://{shown}:{port}/ (API docs: /docs; latent cache: {cache_dir})"
               + (" -- open the page as /#token=TOKEN" if token else ""), file=log, flush=True)
+        print(f"mirasol serve: the Gradio page at /gradio: {app.state.gradio}"
+              + (" (log in with any user name and the token as password)" if token and gradio
+                 and app.state.gradio.startswith("mounted") else ""), file=log, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -353,3 +353,31 @@ def test_save_load_round_trip(tmp_path):
 def test_from_pretrained_names_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         Mirasol.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_round_trip_and_clear_errors_for_damaged_files(tmp_path):
+    """The one loader: a saved model comes back equal; a damaged or mismatched weights file and a
+    damaged config.json are CheckpointErrors that name the file, never tracebacks from safetensors."""
+    from mirasol.errors import CheckpointError
+
+    cfg = MirasolConfig.preset("tiny", num_chunks=2)
+    torch.manual_seed(0)
+    model = Mirasol.build(cfg).eval()
+    model.save_pretrained(tmp_path / "m")
+    again = Mirasol.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+    weights = tmp_path / "m" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match=f"{weights}: not a readable safetensors file.*damaged"):
+        Mirasol.from_pretrained(tmp_path / "m")
+    weights.write_bytes(good)
+    other = tmp_path / "other"
+    Mirasol.build(cfg.replace(av_dim=64)).save_pretrained(other)
+    (tmp_path / "m" / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="does not fit the model this config builds"):
+        Mirasol.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        Mirasol.from_pretrained(tmp_path / "m")

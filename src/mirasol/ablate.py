@@ -91,7 +91,7 @@ class GridSettings:
     out: Path
     variants: tuple[str, ...] = tuple(VARIANTS)
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 1200
+    steps: int = 1000
     clips: int = 600  # per world: 80 % train, 10 % val (unused), 10 % test
     seconds: int = 32
     short_seconds: int = 8

@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "run the same command again to go on after an interruption")
     p.add_argument("--quick", action="store_true", help="a few minutes: toy world and steps, one seed")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: 0,1,2)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 1200)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 1000)")
     p.add_argument("--clips", type=int, default=None, help="clips per world (default: 600)")
     p.add_argument("--variants", default=None, help="comma-separated subset of the rows (default: all)")
     p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: 2)")

@@ -14,3 +14,24 @@ def media_batch(cfg: MirasolConfig, batch: int = 2, seed: int = 0):
     video = torch.rand(batch, cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=g)
     audio = torch.randn(batch, cfg.n_mels, cfg.audio_frames, generator=g)
     return video, audio
+
+
+def kill_at_checkpoint(argv: list[str], out, env: dict, step: int = 2, last: int = 6) -> None:
+    """Start `python -m mirasol.cli *argv` and kill -9 it as soon as its step-`step` checkpoint is on
+    disk in `out`; fail if it never got there, or finished (reached step `last`) before the kill."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    checkpoints = Path(out) / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "mirasol.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (checkpoints / f"step_{step:08d}").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (checkpoints / f"step_{step:08d}").exists()
+    assert not (checkpoints / f"step_{last:08d}").exists(), "the run finished before it could be killed"

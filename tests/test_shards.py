@@ -6,18 +6,17 @@ of processes; two torchrun "nodes" train as one."""
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import kill_at_checkpoint
 from mirasol.config import MirasolConfig
 from mirasol.data import shards
 from mirasol.data.manifest import read_manifest
@@ -265,15 +264,7 @@ def test_a_killed_run_resumes_on_the_next_sample_on_one_or_two_processes(world, 
     full, full_trace, val = full_run
     killed = tmp_path / "killed"
     env = {**os.environ, **CPU_RUN}
-    proc = subprocess.Popen([sys.executable, "-m", "mirasol.cli", *TRAIN, "data.workers=2", "--train", pattern,
-                             "--val", val, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000002").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (killed / "checkpoints" / "step_00000002").exists()
-    assert not (killed / "checkpoints" / "step_00000006").exists(), "the run finished before it could be killed"
+    kill_at_checkpoint([*TRAIN, "data.workers=2", "--train", pattern, "--val", val, "--out", str(killed)], killed, env)
     for name in os.listdir(killed / "checkpoints"):  # as if it died right after the checkpoint of step 2
         if name != "step_00000002":
             shutil.rmtree(killed / "checkpoints" / name)

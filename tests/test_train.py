@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import kill_at_checkpoint
 from mirasol.config import ConfigError, MirasolConfig
 from mirasol.run_config import DataConfig, TrainConfig, load_run_config
 from mirasol.train.schedule import lr_factor
@@ -109,15 +110,7 @@ def test_killed_run_resumes_with_identical_losses(world, tmp_path):
     # kill -9 a second run once its first checkpoint is on disk, then resume it
     killed = tmp_path / "killed"
     env = {**os.environ, **CPU_RUN}
-    proc = subprocess.Popen([sys.executable, "-m", "mirasol.cli", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000002").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (killed / "checkpoints" / "step_00000002").exists()
-    assert not (killed / "checkpoints" / "step_00000006").exists(), "the run finished before it could be killed"
+    kill_at_checkpoint([*args, "--out", str(killed)], killed, env)
     resumed = run_cli(*args, "--out", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = losses(full), losses(killed)

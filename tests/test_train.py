@@ -119,6 +119,47 @@ def test_killed_run_resumes_with_identical_losses(world, tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
 
 
+def test_a_resume_may_change_only_model_settings_that_keep_every_weight():
+    from mirasol.model import Mirasol
+    from mirasol.run_config import RESUMABLE_MODEL_KEYS, resume_changes
+
+    base = MirasolConfig.preset("tiny")
+    shapes = {k: v.shape for k, v in Mirasol(base).state_dict().items()}
+    other = {"num_chunks": 16, "clip_window": "uniform", "mask_ratio": 0.5, "latent_loss": "cosine",
+             "latent_loss_weight": 0.5, "text_loss_weight": 2.0, "av_contrastive_temperature": 0.2,
+             "dropout": 0.1, "missing_audio": "skip", "resize": "letterbox"}
+    assert sorted(other) == sorted(RESUMABLE_MODEL_KEYS)
+    for key, value in other.items():
+        assert getattr(base, key) != value, key
+        changed = Mirasol(base.replace(**{key: value})).state_dict()
+        assert {k: v.shape for k, v in changed.items()} == shapes, key
+    trained = load_run_config("tiny")
+    assert resume_changes(trained, load_run_config("tiny"), "ckpt") == []
+    now = load_run_config("tiny", ["model.num_chunks=32", "train.max_steps=1500"])
+    assert resume_changes(trained, now, "ckpt") == [f"model.num_chunks: {trained.model.num_chunks} -> 32",
+                                                     f"train.max_steps: {trained.train.max_steps} -> 1500"]
+    with pytest.raises(ConfigError, match="'model.av_dim': ckpt was trained with 128, this command gives 64"):
+        resume_changes(trained, load_run_config("tiny", ["model.av_dim=64"]), "ckpt")
+
+
+def test_short_clips_first_then_resumed_on_long_ones(world, tmp_path):
+    """The recipe for long videos (docs/streaming.md): train on short windows, then resume the same
+    run over more chunks; a setting that would not fit the weights stops before any work."""
+    run = tmp_path / "run"
+    args = ["train", "--config", "tiny", "--train", str(world / "train.jsonl"), "--out", str(run),
+            *FAST, "train.max_steps=2"]  # each phase's clips go to the default store of its chunking
+    assert run_cli(*args, "model.num_chunks=2").returncode == 0
+    assert json.loads((run / "config.json").read_text())["model"]["num_chunks"] == 2
+    refused = run_cli(*args, "model.num_chunks=4", "train.max_steps=4", "model.av_dim=64", "--resume")
+    assert refused.returncode == 2 and "'model.av_dim'" in refused.stderr, refused.stderr[-2000:]
+    assert sorted(losses(run)) == [1, 2]
+    longer = run_cli(*args, "model.num_chunks=4", "train.max_steps=4", "--resume")
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert "model.num_chunks: 2 -> 4" in longer.stdout and "train.max_steps: 2 -> 4" in longer.stdout
+    assert sorted(losses(run)) == [1, 2, 3, 4]
+    assert json.loads((run / "config.json").read_text())["model"]["num_chunks"] == 4
+
+
 def test_existing_run_dir_needs_resume(world, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

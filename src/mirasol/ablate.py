@@ -26,9 +26,9 @@ questions per step, changed only where its row says:
     short_train   trained on the 8 s cut of the same world (8 chunks x 1 s), tested on the 32 s clips
                   streamed whole (evaluate --whole)
     curriculum    short_train (the same steps), then steps / 2 more steps on the 32 s clips (32 chunks),
-                  tested streamed whole (the streamed latents equal encode_media over the 32 chunks; the
-                  run's config.json keeps the first phase's num_chunks=8). The audio fix of
-                  benchmarks/ablations.md
+                  tested streamed whole (the streamed latents equal encode_media over the 32 chunks); the
+                  second phase is `mirasol train --resume model.num_chunks=32` (docs/streaming.md). The
+                  audio fix of benchmarks/ablations.md
     contrastive   the reference plus an audio-video InfoNCE loss between each chunk's pooled video
                   and audio tokens (model.av_contrastive_weight = 0.1, temperature 0.1)
 

@@ -278,3 +278,30 @@ def load_model_config(path: str | Path | None) -> MirasolConfig:
     if path is None:
         return MirasolConfig.preset("tiny")
     return load_run_config(path).model
+
+
+# Model settings a resumed run may change. None of them changes a parameter's shape (the tests
+# build the model with each changed and compare), and `num_chunks` among them is what lets a run
+# trained on short clips go on over long ones (docs/streaming.md, "Training for long videos").
+RESUMABLE_MODEL_KEYS = ("num_chunks", "clip_window", "mask_ratio", "latent_loss", "latent_loss_weight",
+                        "text_loss_weight", "av_contrastive_temperature", "dropout", "missing_audio", "resize")
+
+
+def resume_changes(trained: RunConfig, now: RunConfig, checkpoint: str | Path) -> list[str]:
+    """The settings `now` changes against those the checkpoint was trained with, as
+    'section.key: old -> new'. A changed model setting outside RESUMABLE_MODEL_KEYS raises a
+    ConfigError naming it: the checkpoint's weights would not fit, or would mean something else."""
+    changes = []
+    old, new = trained.to_dict(), now.to_dict()
+    for section in ("model", "train", "data"):
+        for key in sorted(set(old[section]) | set(new[section])):
+            a, b = old[section].get(key), new[section].get(key)
+            if a == b:
+                continue
+            if section == "model" and key not in RESUMABLE_MODEL_KEYS:
+                raise ConfigError(
+                    f"config key 'model.{key}': {checkpoint} was trained with {a!r}, this command gives {b!r}; "
+                    f"a resumed run keeps its model, so drop that override (or start a new run with another "
+                    f"--out). Model settings a resume may change: {', '.join(RESUMABLE_MODEL_KEYS)}")
+            changes.append(f"{section}.{key}: {a!r} -> {b!r}")
+    return changes

@@ -276,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "ending in .tar: docs/shards.md)")
     p.add_argument("--val", default=None, help="validation manifest (or shards, unpacked once)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in --out; train.*/data.* settings and model settings "
+                        "that keep every weight (e.g. model.num_chunks) may change, and are printed")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 model.combiner=ttm")
 
     p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], description=COMMANDS["evaluate"][1])

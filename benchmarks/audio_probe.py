@@ -89,17 +89,22 @@ def probe(model: Mirasol, data: Path, specs: dict[str, dict], limit: int) -> dic
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse_world_args(parser: argparse.ArgumentParser, argv):
+    """The arguments both probes share; returns (args, world folder, its clips' specs by clip id)."""
     parser.add_argument("--data", required=True, help="a long world folder (mirasol synth --world long)")
     parser.add_argument("--run", action="append", default=[], help="run directory (repeatable)")
-    parser.add_argument("--init", action="store_true", help="also probe an untrained model (configs/tiny.yaml)")
     parser.add_argument("--clips", type=int, default=60, help="clips per split")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = Path(args.data)
-    specs = {s["clip"]: s for s in json.loads((data / "world.json").read_text())["specs"]}
+    return args, data, {s["clip"]: s for s in json.loads((data / "world.json").read_text())["specs"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", action="store_true", help="also probe an untrained model (configs/tiny.yaml)")
+    args, data, specs = _parse_world_args(parser, argv)
     models = {}
     if args.init:
         from mirasol.run_config import load_run_config
@@ -182,14 +187,7 @@ def attention_mass(model: Mirasol, tokenizer, data: Path, specs: dict[str, dict]
 
 def main_attention(argv=None) -> int:
     parser = argparse.ArgumentParser(description="decoder attention on the chunks that hold the answer")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--run", action="append", default=[])
-    parser.add_argument("--clips", type=int, default=60)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    data = Path(args.data)
-    specs = {s["clip"]: s for s in json.loads((data / "world.json").read_text())["specs"]}
+    args, data, specs = _parse_world_args(parser, argv)
     results = {}
     for run in args.run:
         model, tokenizer, _, _ = load_run(run)

@@ -160,6 +160,77 @@ def test_lanes_split_the_shards_and_the_order_is_a_function_of_seed_and_epoch(wo
     assert not all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, c))
 
 
+def test_the_shuffle_buffer_permutes_within_its_bound_and_repeats_with_its_seed():
+    def source(n, taken, damaged_after=None):
+        for i in range(n):
+            if i == damaged_after:
+                raise shards.ShardError("unreadable tar data")
+            taken.append(i)
+            yield {"__key__": i}
+
+    orders = {}
+    for size in (0, 1, 4, 50):
+        for seed in (7, 8):
+            taken, out = [], []
+            for sample in shards.shuffled(source(30, taken), size, np.random.default_rng(seed)):
+                out.append(sample["__key__"])
+                assert len(taken) - len(out) <= size  # never more than `size` samples held
+            assert sorted(out) == list(range(30))
+            orders[size, seed] = out
+    assert orders[0, 7] == orders[1, 7] == list(range(30))  # 0 and 1: the written order
+    for size in (4, 50):
+        assert orders[size, 7] != list(range(30)) and orders[size, 7] != orders[size, 8]
+        again = [s["__key__"] for s in shards.shuffled(source(30, []), size, np.random.default_rng(7))]
+        assert again == orders[size, 7]
+    assert max(abs(p - i) for i, p in enumerate(orders[50, 7])) > 10  # a buffer larger than the shard: any order
+    # damaged data after 10 samples: the 10 held ones come out, then the error
+    out = []
+    with pytest.raises(shards.ShardError):
+        for sample in shards.shuffled(source(30, [], damaged_after=10), 4, np.random.default_rng(0)):
+            out.append(sample["__key__"])
+    assert sorted(out) == list(range(10))
+
+
+def test_a_lane_shuffles_inside_its_shards_and_resumes_mid_shard(world, tmp_path):
+    out, _ = world
+    pattern = shards.write_shards(read_manifest(out / "train.jsonl"), tmp_path / "fives", shard_size=5)["pattern"]
+    tok = tokenizer_for(out)
+
+    def clips(batches):  # each batch of 11 rows is one clip's questions
+        return [b["video"][0] for b in batches]
+
+    in_order = take(iter(loader(pattern, tok, batch_size=11, lanes=1)), 10)  # one epoch: 2 shards of 5
+    shuffled = take(iter(shards.ShardLoader(pattern, CFG, tok, 32, 11, 0, lanes=1, shuffle=16)), 10)
+    for batch in in_order + shuffled:
+        assert all(torch.equal(batch["video"][0], v) for v in batch["video"])
+
+    def order(seen):  # each shuffled clip's place in the written order
+        return [next(i for i, c in enumerate(clips(in_order)) if torch.equal(c, v)) for v in clips(seen)]
+
+    perm = order(shuffled)
+    assert sorted(perm) == list(range(10)) and perm != list(range(10))
+    assert {p // 5 for p in perm[:5]} == {perm[0] // 5}  # still one shard after the other
+
+    # batches of 8 rows: positions fall inside a shard and inside a clip's rows
+    full = take(iter(shards.ShardLoader(pattern, CFG, tok, 32, 8, 0, lanes=1, shuffle=16)), 12)
+    first = shards.ShardLoader(pattern, CFG, tok, 32, 8, 0, lanes=1, shuffle=16)
+    it = iter(first)
+    take(it, 3)
+    state = first.state_dict()
+    assert state["positions"] == [[0, 0, 2, 2]] and state["shuffle"] == 16  # 24 rows = 2 clips + 2 rows
+    resumed = shards.ShardLoader(pattern, CFG, tok, 32, 8, 0, lanes=1, state=state, shuffle=0)  # the saved one wins
+    same_batches(full[3:], take(iter(resumed), 9))
+
+
+def test_shard_shuffle_must_be_a_count():
+    from mirasol.config import ConfigError
+    from mirasol.run_config import load_run_config
+
+    assert load_run_config("tiny", ["data.shard_shuffle=0"]).data.shard_shuffle == 0
+    with pytest.raises(ConfigError, match="'data.shard_shuffle': must be an integer >= 0, got -1"):
+        load_run_config("tiny", ["data.shard_shuffle=-1"])
+
+
 def _rows_seen(pattern, tok, rank, world, worker, workers, steps):
     """The clips a (rank, worker) pair reads in its first steps, driving its dataset as a worker."""
     lo = loader(pattern, tok, rank=rank, world=world, lanes=4)
@@ -247,6 +318,8 @@ def full_run(world, tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["train_samples"] == 110 and summary["val_samples"] == 11 and summary["train_skipped"] == 0
+    state = torch.load(run / "checkpoints" / "step_00000006" / "train_state.pt", weights_only=True)
+    assert state["loader"]["shuffle"] == 16  # data.shard_shuffle's default reached the loader
     return run, trace(Path(str(run) + "-trace"), 0), val  # (the tokenizer is trained on train + val rows)
 
 

@@ -139,12 +139,17 @@ class DataConfig:
     tokenizer: str | None = None  # an existing tokenizer.json to use instead of training one
     # training from shards: lanes (docs/shards.md); 0 = processes x max(1, workers) at the first start
     shard_lanes: int = 0
+    # training from shards: each lane reads its shard through a shuffle buffer of this many samples
+    # (their encoded bytes: memory = shard_shuffle x sample size x lanes per process); 0 = written order
+    shard_shuffle: int = 16
 
     def validate(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"config key 'data.workers': must be an integer >= 0, got {self.workers!r}")
         if not isinstance(self.shard_lanes, int) or self.shard_lanes < 0:
             raise ConfigError(f"config key 'data.shard_lanes': must be an integer >= 0, got {self.shard_lanes!r}")
+        if not isinstance(self.shard_shuffle, int) or self.shard_shuffle < 0:
+            raise ConfigError(f"config key 'data.shard_shuffle': must be an integer >= 0, got {self.shard_shuffle!r}")
         if self.store not in STORES:
             raise ConfigError(f"config key 'data.store': must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.tokenizer is not None and not Path(self.tokenizer).exists():

@@ -17,13 +17,15 @@ Training streams them (`ShardLoader`). Its order, and how it splits the work, is
 must survive a kill -9 on another number of processes; webdataset's node/worker splitters and
 shuffle buffers keep no position. There are L *lanes* (`data.shard_lanes`; default: processes x
 max(1, data.workers) at the start of the run). In epoch e, lane l reads the shards at positions
-l, l + L, l + 2L, ... of the shard list permuted by (seed, e), each from first sample to last, and
-each global batch of B rows takes the next B / L rows of every lane, lane 0 first. So the batches
-are a function of the seed, L and B only, not of the number of processes or workers: rank r of W
-owns lanes [r L/W, (r+1) L/W) (its contiguous share of the batch), and loader worker w of n owns
-every n-th of those, so ranks and workers read disjoint shards. A lane's position (epoch, shard,
-sample, row) is saved with every checkpoint; a resumed run, on any W dividing L, starts each lane
-there and gives the very next rows. Each lane counts its own epochs (shards differ in length).
+l, l + L, l + 2L, ... of the shard list permuted by (seed, e), each shard's samples through a
+shuffle buffer (`data.shard_shuffle` samples) seeded by (seed, e, shard), and each global batch of
+B rows takes the next B / L rows of every lane, lane 0 first. So the batches are a function of the
+seed, L and B only, not of the number of processes or workers: rank r of W owns lanes
+[r L/W, (r+1) L/W) (its contiguous share of the batch), and loader worker w of n owns every n-th
+of those, so ranks and workers read disjoint shards. A lane's position (epoch, shard, sample, row)
+is saved with every checkpoint; a resumed run, on any W dividing L, starts each lane there
+(replaying the shard's shuffled order up to it, without decoding) and gives the very next rows.
+Each lane counts its own epochs (shards differ in length).
 
 Bad samples (no video file, an unreadable json, no text, a video that does not decode) are skipped
 and counted per shard, never fatal. `write_shards` writes a manifest's clips into shards;
@@ -94,18 +96,16 @@ class ShardSample:
     rows: list[Sample]  # at least one
 
 
-def raw_samples(url: str, skip: int = 0) -> Iterator[dict]:
+def raw_samples(url: str) -> Iterator[dict]:
     """The samples of one shard as webdataset groups them ({"__key__", "mp4": bytes, "json": bytes,
-    ...}), after the first `skip`. A shard that ends in damaged data ends there (ShardError)."""
+    ...}). A shard that ends in damaged data ends there (ShardError)."""
     from webdataset.gopen import gopen
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     stream = gopen(url, "rb")
     try:
         files = tar_file_expander([{"url": url, "stream": stream}])
-        for n, sample in enumerate(group_by_keys(files)):
-            if n >= skip:
-                yield sample
+        yield from group_by_keys(files)
     except (tarfile.TarError, OSError, ValueError) as err:
         raise ShardError(f"shard {url}: unreadable tar data ({err})") from None
     finally:
@@ -252,6 +252,36 @@ def unpack(source: str, out: str | os.PathLike | None = None) -> Path:
 
 
 # --- streaming for training ---------------------------------------------------------------------
+def shuffled(samples: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """`samples` in a random order, holding at most `size` of them at a time (a shuffle buffer; a
+    size of 0 or 1 keeps the order). The order is a function of the rng's seed, so a lane resumes by
+    replaying its shard to its position. Damaged data after some samples: those are given first."""
+    if size <= 1:
+        yield from samples
+        return
+    held: list[dict] = []
+    try:
+        for sample in samples:
+            if len(held) < size:
+                held.append(sample)
+                continue
+            j = int(rng.integers(size))
+            yield held[j]
+            held[j] = sample
+    except ShardError:
+        rng.shuffle(held)
+        yield from held
+        raise
+    rng.shuffle(held)
+    yield from held
+
+
+def shard_rng(seed: int, epoch: int, url: str) -> np.random.Generator:
+    """The generator of one shard's sample order in one epoch (the same in every lane split)."""
+    digest = hashlib.sha256(f"{seed}:{epoch}:{url}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
 def lane_shards(urls: list[str], lane: int, lanes: int, seed: int, epoch: int) -> list[str]:
     """The shards lane `lane` of `lanes` reads in `epoch`: every lanes-th of the list permuted by (seed, epoch)."""
     perm = torch.randperm(len(urls), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
@@ -259,10 +289,11 @@ def lane_shards(urls: list[str], lane: int, lanes: int, seed: int, epoch: int) -
 
 
 class _Lane:
-    """One lane's rows, in order, from its position [epoch, shard, sample, row] on."""
+    """One lane's rows, in order, from its position [epoch, shard, sample, row] on (sample: the
+    n-th in the lane's shuffled order of that shard)."""
 
-    def __init__(self, lane: int, urls, lanes: int, seed: int, position, make_item):
-        self.lane, self.urls, self.lanes, self.seed = lane, urls, lanes, seed
+    def __init__(self, lane: int, urls, lanes: int, seed: int, shuffle: int, position, make_item):
+        self.lane, self.urls, self.lanes, self.seed, self.shuffle = lane, urls, lanes, seed, shuffle
         self.position = list(position)
         self.make_item = make_item
         self.skips: list[tuple[str, str, str]] = []  # (shard, key, reason) since last taken
@@ -275,8 +306,11 @@ class _Lane:
             for slot in range(slot, len(shards)):
                 url = shards[slot]
                 n = first
+                order = shuffled(raw_samples(url), self.shuffle, shard_rng(self.seed, epoch, url))
                 try:
-                    for n, raw in enumerate(raw_samples(url, skip=first), start=first):
+                    for n, raw in enumerate(order):
+                        if n < first:  # replaying the shard up to the saved position: nothing decoded
+                            continue
                         try:
                             sample = parse_sample(raw)
                             items = self.make_item(sample, row0)
@@ -305,7 +339,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     {"lanes": [(lane, rows, position after them)], "skips": [(shard, key, reason)]}."""
 
     def __init__(self, urls: list[str], cfg: MirasolConfig, tokenizer, max_len: int, batch_size: int,
-                 lanes: int, seed: int, rank: int, world: int, positions: list):
+                 lanes: int, seed: int, rank: int, world: int, positions: list, shuffle: int = 0):
         if lanes % world or batch_size % lanes:
             raise ConfigError(f"config key 'data.shard_lanes': {lanes} lanes must be a multiple of the "
                               f"{world} processes and divide train.batch_size={batch_size}")
@@ -313,7 +347,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise ConfigError(f"config key 'data.shard_lanes': {lanes} lanes need at least as many shards; "
                               f"the source has {len(urls)}: write smaller shards or set fewer lanes")
         self.urls, self.cfg, self.tokenizer, self.max_len = urls, cfg, tokenizer, max_len
-        self.per_lane, self.lanes, self.seed = batch_size // lanes, lanes, seed
+        self.per_lane, self.lanes, self.seed, self.shuffle = batch_size // lanes, lanes, seed, shuffle
         own = lanes // world
         self.mine = list(range(rank * own, (rank + 1) * own))
         self.positions = positions
@@ -341,7 +375,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        lanes = [_Lane(l, self.urls, self.lanes, self.seed, self.positions[l], self._items)
+        lanes = [_Lane(l, self.urls, self.lanes, self.seed, self.shuffle, self.positions[l], self._items)
                  for i, l in enumerate(self.mine) if i % n == wid]
         streams = [lane.rows() for lane in lanes]
         while True:
@@ -364,17 +398,21 @@ class ShardLoader:
     save with a checkpoint, `state` the one to start from."""
 
     def __init__(self, source: str, cfg: MirasolConfig, tokenizer, max_len: int, batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1, workers: int = 0, lanes: int = 0, state: dict | None = None):
+                 rank: int = 0, world: int = 1, workers: int = 0, lanes: int = 0, state: dict | None = None,
+                 shuffle: int = 0):
         urls = shard_urls(source)
         if state is not None:
             if state.get("source") != str(source):
                 raise ConfigError(f"--train {source}: the checkpoint was trained from {state.get('source')}; "
                                   "resume with the same shards")
             lanes = int(state["lanes"])
+            shuffle = int(state.get("shuffle", 0))  # (checkpoints from before the buffer read in order)
         lanes = lanes or world * max(1, workers)
         positions = [list(p) for p in state["positions"]] if state else [[0, 0, 0, 0] for _ in range(lanes)]
         self.source, self.seed, self.lanes, self.rank, self.world = str(source), seed, lanes, rank, world
-        self.dataset = ShardStream(urls, cfg, tokenizer, max_len, batch_size, lanes, seed, rank, world, positions)
+        self.shuffle = shuffle
+        self.dataset = ShardStream(urls, cfg, tokenizer, max_len, batch_size, lanes, seed, rank, world, positions,
+                                   shuffle)
         self.workers, self.pad_id = workers, tokenizer.pad_id
         self.positions = {l: positions[l] for l in self.dataset.mine}
         self.skipped: dict[str, dict[str, str]] = {k: dict(v) for k, v in (state or {}).get("skipped", {}).items()}
@@ -426,5 +464,5 @@ class ShardLoader:
             positions.update(p["positions"])
             for url, keys in p["skipped"].items():
                 skipped.setdefault(url, {}).update(keys)
-        return {"source": self.source, "lanes": self.lanes, "seed": self.seed,
+        return {"source": self.source, "lanes": self.lanes, "seed": self.seed, "shuffle": self.shuffle,
                 "positions": [positions[l] for l in range(self.lanes)], "skipped": skipped}

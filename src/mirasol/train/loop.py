@@ -93,7 +93,7 @@ def _loader(run_cfg: RunConfig, run: "_Run", source: str, step: int, rank: int, 
             raise ConfigError(f"--train {source}: the checkpoint to resume was trained from a manifest")
         run.shards = ShardLoader(source, run_cfg.model, run.tokenizer, run_cfg.data.max_text_len or
                                  run_cfg.model.max_text_len, tc.batch_size, tc.seed, rank, world,
-                                 run_cfg.data.workers, run_cfg.data.shard_lanes, state)
+                                 run_cfg.data.workers, run_cfg.data.shard_lanes, state, run_cfg.data.shard_shuffle)
         return run.shards
     batches = EpochBatches(len(run.train_set), tc.batch_size, tc.seed, start_batch=step, rank=rank, world=world,
                            clips=run.train_set.clip_ids, questions_per_clip=tc.questions_per_clip)

@@ -274,3 +274,23 @@ def test_mirasol_debug_env_shows_the_traceback(files):
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
     assert "FileNotFoundError" in result.stderr and "config.json not found" in result.stderr
+
+
+def test_options_may_stand_between_positionals(capsys):
+    """`ask VIDEO --whole "question?"` and overrides on both sides of `--resume` parse as meant
+    (argparse alone reads positionals only where they stand together)."""
+    from mirasol.cli import build_parser, parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["ask", "--run", "r", "v.mp4", "--whole", "what is it?"])
+    assert (args.video, args.question, args.whole, args.command) == ("v.mp4", "what is it?", True, "ask")
+    args = parse_args(parser, ["ask", "--run", "r", "v.mp4", "what is it?", "--whole"])  # the usual order
+    assert (args.video, args.question, args.whole) == ("v.mp4", "what is it?", True)
+    args = parse_args(parser, ["ask", "v.mp4", "--run", "r"])
+    assert (args.video, args.question, args.run) == ("v.mp4", None, "r")
+    args = parse_args(parser, ["--debug", "train", "--config", "tiny", "train.lr=1e-3", "--resume",
+                               "model.num_chunks=8", "--out", "o", "--train", "t.jsonl"])
+    assert args.overrides == ["train.lr=1e-3", "model.num_chunks=8"] and args.resume and args.debug
+    with pytest.raises(SystemExit):  # still an error: one word too many
+        parse_args(parser, ["ask", "--run", "r", "v.mp4", "--whole", "what is it?", "extra"])
+    assert "mirasol ask: error: unrecognized arguments: extra" in capsys.readouterr().err

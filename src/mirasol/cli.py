@@ -363,7 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted after the command too; SUPPRESS keeps the top-level value when it is absent
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.commands = sub.choices  # (for parse_args below)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with options free to stand between positionals. argparse alone reads
+    positionals only where they stand together, so `ask VIDEO --whole "question?"` or
+    `train ... a=1 --resume b=2` would leave one over; the command's own arguments are then read
+    again with parse_intermixed_args."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra = parser.parse_known_args(argv)
+    if not extra or not args.command:
+        return parser.parse_args(argv)  # (nothing left over, or an error argparse words itself)
+    rest = argv[argv.index(args.command) + 1:]  # before the command there are only global options
+    return parser.commands[args.command].parse_intermixed_args(
+        rest, namespace=argparse.Namespace(debug=args.debug, command=args.command))
 
 
 # Errors in what the user gave us: their message alone says what is wrong and where. OSErrors of
@@ -421,7 +436,7 @@ def interrupted_message(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not args.command:
         parser.print_help()
         return 2

@@ -35,6 +35,7 @@ def world(tmp_path_factory):
     synthesize(out, num=12, seed=1)
     result = shards.write_shards(read_manifest(out / "train.jsonl"), out / "shards", shard_size=2)
     assert result["clips"] == 10 and result["rows"] == 110 and len(result["shards"]) == 5
+    assert result["text"] == str(out / "shards" / "shard-text.jsonl")
     return out, result["pattern"]
 
 
@@ -142,6 +143,28 @@ def test_bad_samples_are_skipped_and_counted_per_shard(world, tmp_path):
     assert lo.state_dict()["skipped"] == lo.skipped
     with pytest.raises(shards.ShardError, match="does not exist"):
         shards.shard_urls(str(tmp_path / "bad-{0..2}.tar"))
+
+
+def _texts(rows):
+    return [(r.id, r.task, r.question, r.answer, r.type, r.start, r.end) for r in rows]
+
+
+def test_the_text_index_holds_every_shards_rows(world, tmp_path):
+    from mirasol.cli import main
+
+    out, pattern = world
+    rows = shards.read_rows(pattern)[0]
+    assert len(rows) == 110
+    assert _texts(shards.read_text_index(str(out / "shards" / "shard-text.jsonl"))) == _texts(rows)
+    # shards written elsewhere: `mirasol shard --text-of` reads them once and writes the same index
+    assert main(["shard", "--text-of", pattern, "--out", str(tmp_path), "--prefix", "v2d"]) == 0
+    assert _texts(shards.read_text_index(str(tmp_path / "v2d-text.jsonl"))) == _texts(rows)
+    assert main(["shard", "--out", str(tmp_path)]) == 2  # neither --manifest nor --text-of
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "task": "qa", "question": "q?", "answer": "x"}\n{"id": 3\n')
+    with pytest.raises(Exception, match=r"bad.jsonl:2: not valid JSON"):
+        shards.read_text_index(str(tmp_path / "bad.jsonl"))
+    with pytest.raises(shards.ShardError, match="'data.shard_text': .*nothing.jsonl does not exist"):
+        shards.read_text_index(str(tmp_path / "nothing.jsonl"))
 
 
 # --- splitting and order -------------------------------------------------------------------------
@@ -321,6 +344,26 @@ def full_run(world, tmp_path_factory):
     state = torch.load(run / "checkpoints" / "step_00000006" / "train_state.pt", weights_only=True)
     assert state["loader"]["shuffle"] == 16  # data.shard_shuffle's default reached the loader
     return run, trace(Path(str(run) + "-trace"), 0), val  # (the tokenizer is trained on train + val rows)
+
+
+def test_the_first_start_reads_the_text_index_instead_of_every_shard(world, full_run, tmp_path):
+    out, pattern = world
+    run, _, val = full_run
+    missing = run_cli(*TRAIN, "--train", pattern, "--out", str(tmp_path / "r0"), "data.shard_text=/no/such.jsonl")
+    assert missing.returncode == 2 and not (tmp_path / "r0").exists()
+    assert "'data.shard_text': /no/such.jsonl does not exist" in missing.stderr
+    # an index whose first row's answer differs from the shard's: the run's answers come from the index
+    lines = (out / "shards" / "shard-text.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "answer": "zebra"})
+    (tmp_path / "index.jsonl").write_text("\n".join(lines) + "\n")
+    r = run_cli(*TRAIN, "--train", pattern, "--val", val, "--out", str(tmp_path / "r1"), "train.max_steps=2",
+                f"data.shard_text={tmp_path / 'index.jsonl'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = json.loads((tmp_path / "r1" / "train_stats.json").read_text())
+    before = json.loads((run / "train_stats.json").read_text())
+    family = json.loads(lines[0]).get("type")
+    assert "zebra" in stats["answers_by_family"][family] and "zebra" not in before["answers_by_family"][family]
+    assert stats["num_samples"] == before["num_samples"] == 110
 
 
 def _assert_same_losses(a: dict, b: dict, rel: float) -> None:

@@ -62,12 +62,21 @@ def cmd_convert(args) -> int:
 
 def cmd_shard(args) -> int:
     from mirasol.data.manifest import read_manifest
-    from mirasol.data.shards import write_shards
+    from mirasol.data.shards import read_rows, write_shards, write_text_index
 
+    if bool(args.manifest) == bool(args.text_of):
+        raise UsageError("give either --manifest (write shards) or --text-of (index existing shards)")
+    if args.text_of:  # shards written elsewhere (video2dataset): read every shard's text once, here
+        rows, skipped = read_rows(args.text_of)
+        text = Path(args.out) / f"{args.prefix}-text.jsonl"
+        write_text_index(rows, text)
+        print(f"wrote the text of {len(rows)} rows to {text} ({sum(map(len, skipped.values()))} samples skipped); "
+              f"train with data.shard_text={text}")
+        return 0 if rows else 1
     samples = [s for m in args.manifest for s in read_manifest(m)]
     result = write_shards(samples, args.out, args.shard_size, prefix=args.prefix, log=sys.stderr)
     print(f"wrote {result['clips']} clips ({result['rows']} rows) into {len(result['shards'])} shards: "
-          f"{result['pattern']}")
+          f"{result['pattern']}; their text index: {result['text']} (train with data.shard_text=...)")
     return 0 if result["clips"] else 1
 
 
@@ -211,7 +220,7 @@ def cmd_consolidate(args) -> int:
 COMMANDS = {
     "synth": (cmd_synth, "write the built-in audio-visual dataset (mp4 + manifests)"),
     "prepare": (cmd_prepare, "decode a manifest's clips once into a cache"),
-    "shard": (cmd_shard, "write a manifest's clips into WebDataset tar shards"),
+    "shard": (cmd_shard, "write a manifest's clips into WebDataset tar shards (or index existing shards' text)"),
     "convert": (cmd_convert, "official dataset annotations -> manifest"),
     "train": (cmd_train, "train a model"),
     "evaluate": (cmd_evaluate, "evaluate a trained run on a manifest"),
@@ -257,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "Default: auto")
 
     p = sub.add_parser("shard", help=COMMANDS["shard"][1], description=COMMANDS["shard"][1])
-    p.add_argument("--manifest", required=True, nargs="+", help="manifest(s), JSON Lines (e.g. mirasol synth's)")
-    p.add_argument("--out", required=True, help="folder for the shards")
+    p.add_argument("--manifest", nargs="+", help="manifest(s), JSON Lines (e.g. mirasol synth's)")
+    p.add_argument("--text-of", metavar="SHARDS", default=None,
+                   help="instead of writing shards: read existing ones (path, URL or brace pattern ending in .tar, "
+                        "e.g. video2dataset's) once and write only their text index, OUT/PREFIX-text.jsonl, for "
+                        "data.shard_text")
+    p.add_argument("--out", required=True, help="folder for the shards (and their text index, PREFIX-text.jsonl)")
     p.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default 1000)")
     p.add_argument("--prefix", default="shard", help="shard file names: PREFIX-00000.tar, ... (default: shard)")
 

@@ -142,6 +142,9 @@ class DataConfig:
     # training from shards: each lane reads its shard through a shuffle buffer of this many samples
     # (their encoded bytes: memory = shard_shuffle x sample size x lanes per process); 0 = written order
     shard_shuffle: int = 16
+    # training from shards: their text index (path or URL; `mirasol shard` writes PREFIX-text.jsonl),
+    # read by the first start instead of every shard's text; default: read the shards
+    shard_text: str | None = None
 
     def validate(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 0:

@@ -28,8 +28,10 @@ is saved with every checkpoint; a resumed run, on any W dividing L, starts each 
 Each lane counts its own epochs (shards differ in length).
 
 Bad samples (no video file, an unreadable json, no text, a video that does not decode) are skipped
-and counted per shard, never fatal. `write_shards` writes a manifest's clips into shards;
-`unpack` writes shards back out as files + manifest (evaluation and validation use it).
+and counted per shard, never fatal. `write_shards` writes a manifest's clips into shards, with
+their text index (the rows without videos, JSON Lines: what a run's first start reads for its
+tokenizer and statistics, `data.shard_text`, instead of every shard); `unpack` writes shards back
+out as files + manifest (evaluation and validation use it).
 """
 
 from __future__ import annotations
@@ -161,6 +163,45 @@ def read_rows(source: str) -> tuple[list[Sample], dict[str, dict[str, str]]]:
     return rows, skipped
 
 
+def write_text_index(rows: list[Sample], path: str | os.PathLike) -> int:
+    """The shards' rows without their videos, as JSON Lines: what a run's first start reads
+    (`data.shard_text`) instead of every shard's text. Returns the number of rows."""
+    return write_manifest(path, ({k: v for k, v in r.to_dict().items() if k != "video"} for r in rows))
+
+
+def check_text_index(source: str) -> None:
+    """A local text index must exist (checked before any work; a URL is opened when read)."""
+    if not _remote(source) and not os.path.isfile(os.path.expanduser(source)):
+        raise ShardError(f"config key 'data.shard_text': {source} does not exist (write it with "
+                         f"`mirasol shard --text-of SHARDS --out DIR`, or leave the key out to read the shards)")
+
+
+def read_text_index(source: str) -> list[Sample]:
+    """`data.shard_text`: the rows of a text index (a path or URL, opened as shards are)."""
+    from webdataset.gopen import gopen
+
+    check_text_index(source)
+    rows = []
+    try:
+        with gopen(source if _remote(source) else os.path.expanduser(source), "rb") as f:
+            lines = f.read().decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ShardError(f"config key 'data.shard_text': {source} cannot be read ({err})") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as err:
+            raise ManifestError(source, n, None, f"not valid JSON ({err})") from None
+        if isinstance(obj, dict):
+            obj = {**obj, "video": "/"}  # the text of a shard's sample: its video is in the shard
+        rows.append(parse_row(obj, "/", line=n, path=source))
+    if not rows:
+        raise ShardError(f"config key 'data.shard_text': {source} holds no rows")
+    return rows
+
+
 def decode_sample(sample: ShardSample, cfg: MirasolConfig, start: float | None, end: float | None):
     """(video uint8 [F, 3, S, S], audio float16 [n_mels, A], info): what a clip store row holds,
     decoded from the bytes in the shard by the very path a file takes (cache.decode_clip)."""
@@ -174,8 +215,9 @@ def write_shards(samples: list[Sample], out: str | os.PathLike, shard_size: int,
                  log=None) -> dict:
     """Write the clips of manifest rows into tar shards of `shard_size` clips each:
     OUT/PREFIX-00000.tar, ... Rows about one clip (same video, start, end) become one sample whose
-    json is the list of their rows. Returns {"shards": [...], "pattern": brace pattern, "clips",
-    "rows", "missing": rows whose video file is missing}."""
+    json is the list of their rows; their text also goes to OUT/PREFIX-text.jsonl (the text index).
+    Returns {"shards": [...], "pattern": brace pattern, "text": the index, "clips", "rows",
+    "missing": rows whose video file is missing}."""
     from webdataset.writer import ShardWriter
 
     if shard_size < 1:
@@ -203,8 +245,10 @@ def write_shards(samples: list[Sample], out: str | os.PathLike, shard_size: int,
         print(f"{len(missing)} rows skipped: video file missing (first: {missing[0]})", file=log)
     last = len(paths) - 1
     pattern = str(out / (f"{prefix}-00000.tar" if last == 0 else f"{prefix}-{{00000..{last:05d}}}.tar"))
-    return {"shards": paths, "pattern": pattern, "clips": len(written), "rows": sum(len(r) for _, r in written),
-            "missing": len(missing)}
+    text = out / f"{prefix}-text.jsonl"
+    write_text_index([r for _, rows in written for r in rows], text)
+    return {"shards": paths, "pattern": pattern, "text": str(text), "clips": len(written),
+            "rows": sum(len(r) for _, r in written), "missing": len(missing)}
 
 
 def unpack_dir(source: str) -> Path:

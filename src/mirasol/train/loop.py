@@ -30,7 +30,7 @@ from mirasol.config import BACKBONE_KEYS, IGNORE_INDEX, ConfigError
 from mirasol.data.cache import default_cache_dir
 from mirasol.data.dataset import ClipDataset, EpochBatches, collate, open_dataset, ready_clips, select_rows
 from mirasol.data.manifest import read_manifest
-from mirasol.data.shards import ShardLoader, is_shards, read_rows, unpack
+from mirasol.data.shards import ShardLoader, check_text_index, is_shards, read_rows, read_text_index, unpack
 from mirasol.data.tokenizer import BackboneTokenizer, MirasolTokenizer, tokenizer_texts
 from mirasol.eval.predict import answer_budget, predict
 from mirasol.eval.scoring import accuracy_by_family, score_rows
@@ -126,6 +126,8 @@ def _check_and_prepare(run_cfg: RunConfig, train_manifest, val_manifest, out: Pa
 
         run_cfg.model = resolve_config(run_cfg.model)  # vocabulary, specials, audio features from the folders
     shards = is_shards(train_manifest)  # streamed by the loader; rank 0 reads their text once, below
+    if shards and run_cfg.data.shard_text and not resume:
+        check_text_index(run_cfg.data.shard_text)
     if val_manifest and is_shards(val_manifest):  # validation reads by row: the shards unpacked once
         if rank == 0:
             unpack(val_manifest)
@@ -148,8 +150,9 @@ def _check_and_prepare(run_cfg: RunConfig, train_manifest, val_manifest, out: Pa
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            if shards:
-                train_samples = read_rows(train_manifest)[0]
+            if shards:  # their text: from the text index if there is one, else read from every shard
+                train_samples = (read_text_index(run_cfg.data.shard_text) if run_cfg.data.shard_text
+                                 else read_rows(train_manifest)[0])
             tokenizer = _make_tokenizer(run_cfg, train_samples + val_samples)
             run_dir.write_run_files(out, run_cfg.to_dict(), tokenizer, run_dir.train_stats(train_samples, tokenizer))
         manifests = ([] if shards else [train_manifest]) + ([val_manifest] if val_manifest else [])

@@ -36,7 +36,7 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from mirasol.errors import MirasolError
 
@@ -312,6 +312,24 @@ def parse_row(
     )
 
 
+def manifest_objects(lines: Iterable[bytes], path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """The JSON value of each non-blank line of a JSON Lines file, with its 1-based line number;
+    :class:`ManifestError` names a line that is not UTF-8 or not JSON."""
+    for line_no, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ManifestError(path, line_no, None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        if line_no == 1:
+            text = text.lstrip("\ufeff")
+        if not text.strip():
+            continue
+        try:
+            yield line_no, json.loads(text.rstrip("\r\n"))  # without the newline, a cut-off row's column is its end
+        except json.JSONDecodeError as e:
+            raise ManifestError(path, line_no, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
+
+
 def read_manifest(path: str | os.PathLike) -> list[Sample]:
     """Read and validate a JSON Lines manifest; raise :class:`ManifestError` at the first bad row."""
     path = Path(path)
@@ -319,19 +337,7 @@ def read_manifest(path: str | os.PathLike) -> list[Sample]:
     samples: list[Sample] = []
     seen: dict[str, int] = {}
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ManifestError(path, line_no, None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if line_no == 1:
-                text = text.lstrip("\ufeff")
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text.rstrip("\r\n"))  # without the newline, a cut-off row's column is its end
-            except json.JSONDecodeError as e:
-                raise ManifestError(path, line_no, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
+        for line_no, obj in manifest_objects(f, path):
             sample = parse_row(obj, base_dir, line_no, path)
             if sample.id in seen:
                 raise ManifestError(path, line_no, "id",

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from mirasol.config import ConfigError, MirasolConfig
-from mirasol.data.manifest import ManifestError, Sample, parse_row, prompt_text, write_manifest
+from mirasol.data.manifest import ManifestError, Sample, manifest_objects, parse_row, prompt_text, write_manifest
 from mirasol.errors import MirasolError
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "flv", "ogv", "3gp", "wmv")
@@ -184,19 +184,12 @@ def read_text_index(source: str) -> list[Sample]:
     rows = []
     try:
         with gopen(source if _remote(source) else os.path.expanduser(source), "rb") as f:
-            lines = f.read().decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
+            for n, obj in manifest_objects(f, source):
+                if isinstance(obj, dict):
+                    obj = {**obj, "video": "/"}  # the text of a shard's sample: its video is in the shard
+                rows.append(parse_row(obj, "/", line=n, path=source))
+    except OSError as err:
         raise ShardError(f"config key 'data.shard_text': {source} cannot be read ({err})") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as err:
-            raise ManifestError(source, n, None, f"not valid JSON ({err})") from None
-        if isinstance(obj, dict):
-            obj = {**obj, "video": "/"}  # the text of a shard's sample: its video is in the shard
-        rows.append(parse_row(obj, "/", line=n, path=source))
     if not rows:
         raise ShardError(f"config key 'data.shard_text': {source} holds no rows")
     return rows

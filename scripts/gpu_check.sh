@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one run sized for a lent machine (its steps' limits add up to
-# 530 s): the `base` training step in bf16 with its MFU, the memory plan against the measured peak of FSDP steps of
-# `base` and `mirasol3b`, and the test suite with CUDA visible. None of this has run on a GPU yet.
+# 530 s): the `base` training step in bf16 with its MFU, the memory plan against the measured peak
+# of FSDP steps of `base` and `mirasol3b`, and the test suite with CUDA visible. None of this has
+# run on a GPU yet.
 #
 # The lent machine has Python 3.12 with a CUDA build of torch but no network, and lacks PyAV and
 # webdataset, so their wheels travel with the working tree:

@@ -67,7 +67,7 @@ if ! python -c "import torch" 2>/dev/null; then
             pip install -q --no-compile "$TORCH_PIN" ${index:+--index-url "$index"} ;;
     esac
 fi
-MIRASOL_TORCH_MODE=$mode python - <<'PY'
+MIRASOL_TORCH_MODE=$mode python -W ignore::UserWarning - <<'PY'
 import os, torch
 build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU"
 print(f"torch {torch.__version__} ({build} build)")

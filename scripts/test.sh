@@ -9,7 +9,7 @@ bash scripts/setup.sh
 # Playwright's Python API).
 pip install -q -e ".[dev,hf,serve,serve-gradio,serve-test]"
 # The page's browser test drives the system's Chromium (Debian's package; Playwright's own browser
-# download is not used). Installed where we may; otherwise that test says why it was skipped.
+# download is not used). Installed where the script may (root with apt-get); otherwise that test says why it was skipped.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "installing chromium for the browser test (apt-get)"
     apt-get install -y -q chromium >/dev/null 2>&1 \

@@ -394,7 +394,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         rest, namespace=argparse.Namespace(debug=args.debug, command=args.command))
 
 
-# Errors in what the user gave us: their message alone says what is wrong and where. OSErrors of
+# Errors in what the user gave: their message alone says what is wrong and where. OSErrors of
 # these kinds come from paths the user named (a missing manifest, an --out that is a file).
 USER_ERRORS = (MirasolError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError)

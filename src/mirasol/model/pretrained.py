@@ -93,7 +93,7 @@ def resolve_config(cfg: MirasolConfig) -> MirasolConfig:
             raise ConfigError("config key 'model.audio_backbone': Whisper needs sample_rate=16000, audio_hop_ms=10 "
                               f"and audio_win_ms=25 (got {cfg.sample_rate}, {cfg.audio_hop_ms}, {cfg.audio_win_ms})")
         changes.update(audio_features="whisper", n_mels=int(hf.get("num_mel_bins", 80)))
-        if changes["n_mels"] % cfg.audio_patch_mels:  # our own audio patches are unused; keep the config valid
+        if changes["n_mels"] % cfg.audio_patch_mels:  # the built-in audio patches are unused; keep the config valid
             changes["audio_patch_mels"] = changes["n_mels"]
     return cfg.replace(**changes) if changes else cfg
 

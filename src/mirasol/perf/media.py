@@ -307,8 +307,8 @@ STORE_CANDIDATES = {
 
 
 def real_media_dir() -> Path | None:
-    """The real sample videos (MIRASOL_MEDIA_DIR, else the shared samples folder), if present."""
-    for path in (os.environ.get("MIRASOL_MEDIA_DIR"), "/work/shared/samples/media"):
+    """The real sample videos (MIRASOL_MEDIA_DIR, else ../shared/samples/media from the working directory), if present."""
+    for path in (os.environ.get("MIRASOL_MEDIA_DIR"), "../shared/samples/media"):
         if path and all((Path(path) / name).exists() for name in REAL_INPUTS):
             return Path(path)
     return None

@@ -90,7 +90,7 @@ def measured_peak(preset: str, batch: int, checkpointing: bool, strategy: str = 
 
 def default_checks(gpu_bytes: float | None) -> list[tuple]:
     """(preset, batch, strategy, activation checkpointing) measured against the plan. On the CPU:
-    small sizes in fp32. On a GPU: issue 9's check, `base` and `mirasol3b` under fsdp with
+    small sizes in fp32. On a GPU: `base` and `mirasol3b` under fsdp with
     activation checkpointing at the largest batch the plan fits in 90 % of the device."""
     if gpu_bytes is None:
         return [("tiny", 32, "ddp", False), ("tiny", 32, "ddp", True), ("tiny", 32, "fsdp", True),

@@ -42,7 +42,7 @@ from mirasol.serve.evidence import answer as answer_about, chunk_evidence
 from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ogv", ".flv", ".ts", ".mpg", ".mpeg"}
-# FFmpeg demuxer names we accept (container.format.name is a comma-separated list of aliases)
+# FFmpeg demuxer names accepted (container.format.name is a comma-separated list of aliases)
 MAX_EXAMPLES = 100  # the first, by name, of an --examples folder
 ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "ogg", "flv",
                    "mpegts", "mpeg"}
@@ -103,7 +103,7 @@ class Job:
 
 
 def sniff_container(head: bytes) -> str | None:
-    """The container a file's first bytes announce, or None (not a video container we decode)."""
+    """The container a file's first bytes announce, or None (not a video container the decoder reads)."""
     if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
         return "mp4/mov"
     if head[:4] == b"\x1a\x45\xdf\xa3":

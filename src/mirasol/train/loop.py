@@ -137,13 +137,13 @@ def _check_and_prepare(run_cfg: RunConfig, train_manifest, val_manifest, out: Pa
     val_samples = read_manifest(val_manifest) if val_manifest else []
     _check_run_dir(out, resume)
     resume_from = run_dir.latest_checkpoint(out) if resume else None
-    # before any work: a model setting the weights cannot follow stops us here (a checkpoint without
+    # before any work: a model setting the weights cannot follow stops the run here (a checkpoint without
     # its config.json is not one `mirasol train` wrote: reading its train state, next, says what is wrong)
     if resume_from is not None and (resume_from / "config.json").exists():
         changes = resume_changes(load_run_config(resume_from), run_cfg, resume_from)
         if changes and rank == 0:
             print(f"resuming {resume_from.name} with changed settings: {'; '.join(changes)}")
-    resumed = run_dir.load_train_state(resume_from) if resume_from else None  # a refused file stops us here
+    resumed = run_dir.load_train_state(resume_from) if resume_from else None  # a refused file stops the run here
     cache_dir = Path(run_cfg.data.cache) if run_cfg.data.cache else default_cache_dir(
         val_manifest if shards and val_manifest else train_manifest, run_cfg.model, run_cfg.data.store)
     _barrier()  # every process has checked the run directory before rank 0 writes into it

@@ -77,9 +77,9 @@ if os.environ["MIRASOL_TORCH_MODE"] == "cuda" and not torch.version.cuda:
 PY
 # torch is already satisfied here, so resolving the package's dependencies pulls no other build.
 pip install -q --no-compile -e ".[dev]"
-# --no-compile: pip would byte-compile every module of every package (about 11,000 files, most of
-# them torch's: 30 s of a 2-core machine's set-up), while a run imports a few hundred of them. Those
-# are compiled here, by importing what the commands and the tests use, with byte-code writing on.
+# --no-compile: pip would byte-compile every module of every package (most of them torch's), while
+# a run imports a few hundred of them (benchmarks/quickstart-time.md). Those are compiled here,
+# by importing what the commands and the tests use, with byte-code writing on.
 env -u PYTHONDONTWRITEBYTECODE python - <<'PY'
 import matplotlib
 matplotlib.use("Agg")

@@ -15,7 +15,7 @@ from torch import nn
 # Initial scale of learned position, role and query embeddings. They must be comparable to the
 # content they are added to (patch embeddings, LayerNorm-ed tokens: roughly unit scale per feature),
 # or "where" and "which token" are invisible at the start: with the customary 0.02 the tiny model
-# never learned the direction of motion (a question about position) in 4000 steps.
+# did not learn the direction of motion (a question about position).
 EMBED_STD = 0.5
 
 

@@ -11,9 +11,8 @@ from mirasol.train.schedule import lr_factor
 
 def adamw_kernel(device: torch.device) -> dict:
     """AdamW's implementation: torch's fused kernel (all parameters in one call) on CUDA and on the
-    CPU. On the CPU it takes the tiny preset's optimizer step from ~19 ms to ~5 ms, a tenth of the
-    whole step; it rounds differently from the per-parameter loop, by about 1e-6 after a few steps
-    (benchmarks/adamw_cpu.py)."""
+    CPU, where it is several times faster than the per-parameter loop (benchmarks/step-profile.md);
+    it rounds differently from that loop, by about 1e-6 after a few steps (benchmarks/adamw_cpu.py)."""
     return {"fused": True} if device.type in ("cuda", "cpu") else {}
 
 

@@ -39,7 +39,17 @@ def tracked_files() -> list[Path]:
         names = []
     if names:
         return [ROOT / n for n in names]
-    return [p for p in ROOT.rglob("*") if p.is_file() and not SKIP_DIRS & set(p.relative_to(ROOT).parts)]
+    skip = SKIP_DIRS | ignored_names()
+    return [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)
+            and not any(part.endswith(".egg-info") for part in p.relative_to(ROOT).parts)]
+
+
+def ignored_names() -> set[str]:
+    """The plain folder names .gitignore lists (`/runs/`, `.venv/`): outputs, not the project's text."""
+    path = ROOT / ".gitignore"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {line.strip().strip("/") for line in lines
+            if line.strip() and not line.startswith("#") and not set("*?[!") & set(line)}
 
 
 def text_lines(path: Path):

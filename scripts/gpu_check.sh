@@ -5,6 +5,8 @@
 #
 #   bash scripts/gpu_check.sh                  # writes to $OUT (default /tmp/gpu_check)
 #
+# It runs .venv/bin/python where the set-up made one, else python3 (PYTHON=... overrides).
+#
 # What it checks, one step each:
 #   env     the GPU, the driver, and that torch sees CUDA (the run stops here if it does not);
 #   step    `mirasol bench step` of the `base` preset in bf16 at batch 8, 16 and 32: the step time,
@@ -25,7 +27,8 @@
 # the script on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+# the set-up's environment where there is one, else the python on PATH (PYTHON=... to choose)
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 
 if [ "${1:-}" = "--wheels" ]; then
     exclude=$(git rev-parse --git-path info/exclude 2>/dev/null) && mkdir -p "$(dirname "$exclude")" \

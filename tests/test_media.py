@@ -288,7 +288,7 @@ def test_sample_media_decode(path, cfg):
 
     seconds, has_audio = SAMPLE_FACTS.get(path.name, (None, None))
     if has_audio is None:
-        return  # a file added to the folder later: shapes and ranges are all we know
+        return  # a file added to the folder later: only its shapes and ranges are known
     assert clip.has_audio == has_audio
     if not has_audio:
         assert torch.all(clip.audio == SILENCE) and clip.audio_seconds == 0

@@ -199,7 +199,7 @@ def test_train_help_lists_every_config_key():
     for cls in (TrainConfig, DataConfig, MirasolConfig):
         for f in dataclasses.fields(cls):
             assert f.name in text, f.name
-    assert "questions_per_clip=1" in text and "packaged configs (--config NAME): base, gpt2-lora, small, tiny" in text
+    assert "questions_per_clip=1" in text and "packaged configs (--config NAME): base, gpt2-lora, mirasol3b, small, tiny" in text
 
 
 def _without_last_checkpoint(run: Path, copy: Path) -> Path:

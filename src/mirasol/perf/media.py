@@ -307,10 +307,11 @@ STORE_CANDIDATES = {
 
 
 def real_media_dir() -> Path | None:
-    """The real sample videos (MIRASOL_MEDIA_DIR, else ../shared/samples/media from the working directory), if present."""
+    """The real sample videos, if present: MIRASOL_MEDIA_DIR, else ../shared/samples/media from the
+    working directory (a samples folder beside the checkout)."""
     for path in (os.environ.get("MIRASOL_MEDIA_DIR"), "../shared/samples/media"):
         if path and all((Path(path) / name).exists() for name in REAL_INPUTS):
-            return Path(path)
+            return Path(path).resolve()  # the copies made from it live elsewhere
     return None
 
 

@@ -50,7 +50,7 @@ def mixed_requests(service) -> list[Request]:
     for i, question in enumerate(QUESTIONS):
         for j, video_id in enumerate(service.video_ids):
             lat = latents(service, video_id)
-            requests.append(Request(lat, question, None, 2 + (i + j) % 5))
+            requests.append(Request(lat, question, None, 2 + (i + j) % 5, key=video_id))  # one memory row per video
             requests.append(Request(lat, question, ("red", "green") if i % 2 else ("a pancake", "an egg"), 3))
     return requests
 

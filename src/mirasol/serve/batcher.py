@@ -1,8 +1,9 @@
 """Questions that arrive together are answered in one batched decoder pass.
 
 `answer_batch` answers any list of requests (each: one video's cached chunk latents, a question,
-optional choices, its own answer length) in one call: the videos' latents are padded to the
-longest and the padding hidden by the decoder's memory mask, the prompts are left-padded (the
+optional choices, its own answer length) in one call: each video's latents are taken once
+(questions about the same video share its cross-attention keys and values) and padded to the
+longest, the padding hidden by the decoder's memory mask, the prompts are left-padded (the
 decoder counts positions over real tokens only), free answers share one greedy decode run to the
 longest budget and each row is cut at its own, and questions with choices are scored in one batch
 per set of choices. Each answer is the one the same request gets alone (tests/test_serve_batch.py
@@ -37,6 +38,7 @@ class Request:
     question: str | None  # None: a caption
     choices: tuple[str, ...] | None = None  # answer by the best-scoring of these
     max_new_tokens: int = 24  # free answers: at most this many tokens
+    key: str | None = None  # names the latents (e.g. video id and kind): equal keys share one memory row
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,12 @@ def answer_batch(model, tokenizer, requests: list[Request]) -> list[Answer]:
     if not requests:
         return []
     device = next(model.parameters()).device
-    memory, memory_mask = _pad_memory([r.latents.to(device) for r in requests])
+    slots: dict = {}  # each video's latents once; row i reads memory[video_row[i]]
+    for r in requests:
+        slots.setdefault(r.key if r.key is not None else id(r.latents), (len(slots), r.latents))
+    video_row = torch.tensor([slots[r.key if r.key is not None else id(r.latents)][0] for r in requests],
+                             device=device)
+    videos, videos_mask = _pad_memory([x.to(device) for _, x in slots.values()])
     prompts = [prompt_tokens(model, tokenizer, r.question) for r in requests]
     ids = torch.full((len(prompts), max(map(len, prompts))), model.cfg.pad_token_id, dtype=torch.long, device=device)
     for row, p in enumerate(prompts):
@@ -79,8 +86,8 @@ def answer_batch(model, tokenizer, requests: list[Request]) -> list[Answer]:
     answers: list[Answer | None] = [None] * len(requests)
 
     def rows(index: list[int]):
-        at = torch.tensor(index, device=device)
-        return memory[at], ids[at], None if memory_mask is None else memory_mask[at]
+        at = video_row[torch.tensor(index, device=device)]
+        return videos[at], ids[index], None if videos_mask is None else videos_mask[at]
 
     chosen = [i for i, r in enumerate(requests) if r.choices]
     if chosen:
@@ -91,9 +98,10 @@ def answer_batch(model, tokenizer, requests: list[Request]) -> list[Answer]:
             answers[i] = Answer(text, len(tokenizer.encode(text)), "stop")
     free = [i for i, r in enumerate(requests) if not r.choices]
     if free:
-        mem, prompt_ids, mask = rows(free)
+        at = video_row[free]
         budget = max(requests[i].max_new_tokens for i in free)
-        out = model.generate_from_latents(mem, prompt_ids, budget, memory_mask=mask)
+        out = model.generate_from_latents(videos, ids[free], budget, memory_rows=at,
+                                          memory_mask=None if videos_mask is None else videos_mask[at])
         for i, row in zip(free, out.tolist()):
             row = row[:requests[i].max_new_tokens]  # greedy: a row's first k tokens do not depend on later ones
             stopped = tokenizer.eos_id in row

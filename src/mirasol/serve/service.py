@@ -450,8 +450,8 @@ class Service:
         if not self.pending.acquire(blocking=False):
             raise Busy(f"{self.limits.max_pending} questions are already waiting; try again shortly")
         try:
-            return self.batcher.answer([Request(tensors["full"], (q or "").strip() or None, options, budget)
-                                        for q in questions])
+            return self.batcher.answer([Request(tensors["full"], (q or "").strip() or None, options, budget,
+                                                key=f"{video_id}/full") for q in questions])
         finally:
             self.pending.release()
 
@@ -463,7 +463,8 @@ class Service:
         # the answer and its two controls go to the shared batches together
         kinds = ["full", "no_audio", "no_video"] if modalities else ["full"]
         t0 = time.perf_counter()
-        answers = self.batcher.answer([Request(tensors[k], question, options, max_new_tokens) for k in kinds])
+        answers = self.batcher.answer([Request(tensors[k], question, options, max_new_tokens, key=f"{video_id}/{k}")
+                                       for k in kinds])
         out["answer"] = answers[0].text
         out["finish_reason"], out["answer_tokens"] = answers[0].finish_reason, answers[0].tokens
         out["seconds"] = round(time.perf_counter() - t0, 4)

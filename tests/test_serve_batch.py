@@ -121,3 +121,22 @@ def test_batches_are_bounded_and_a_bad_request_fails_alone(service):
         batcher.close()
     with pytest.raises(ValueError, match="batch size"):
         Batcher(service.model, service.tokenizer, max_batch=0)
+
+
+def test_memory_rows_decode_as_repeated_memory(service):
+    """generation's memory_rows (each clip's keys/values projected once, rows pointing at them)
+    gives the tokens of the same memory repeated row by row, greedy and beam search."""
+    from mirasol.serve.evidence import prompt_ids
+
+    model = service.model
+    clips = torch.stack([latents(service, service.video_ids[1]).flatten(0, 1),
+                         torch.roll(latents(service, service.video_ids[1]), 1, dims=0).flatten(0, 1)])
+    rows = torch.tensor([1, 0, 1, 1])
+    prompts = torch.full((4, 16), model.cfg.pad_token_id, dtype=torch.long)
+    for row, question in enumerate(("red", "what is cooked?", None, "describe the video")):
+        ids = prompt_ids(model, service.tokenizer, question)[0]
+        prompts[row, :len(ids)] = ids  # right-padded: generation repacks to the left
+    for beams in (1, 3):
+        shared = model.generate_from_latents(clips, prompts, 6, memory_rows=rows, num_beams=beams)
+        repeated = model.generate_from_latents(clips[rows], prompts, 6, num_beams=beams)
+        assert torch.equal(shared, repeated)

@@ -193,3 +193,14 @@ def test_a_video_still_encoding_is_waited_for_up_to_the_bound(tmp_path):
     answered = client.post("/v1/chat/completions", json=body)
     assert answered.status_code == 200
     assert answered.json()["choices"][0]["message"]["content"] == service.answer_many(video_id, [QUESTION])[0].text
+
+
+def test_media_root_must_be_a_folder(tmp_path):
+    import subprocess
+
+    from serve_testing import PYTHON
+
+    done = subprocess.run([PYTHON, "-m", "mirasol.cli", "serve", "--run", str(tmp_path), "--media-root",
+                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "mirasol serve: error: --media-root" in done.stderr
+    assert "not a folder" in done.stderr

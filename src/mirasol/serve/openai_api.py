@@ -108,7 +108,7 @@ def parse_chat(body, model_name: str, default_tokens: int) -> Chat:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ChatError(400, "messages must be a non-empty list", param="messages")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise ChatError(400, "only n=1 is supported (answers are greedy)", param="n")
     urls, question = [], None
     for i, message in enumerate(messages):
@@ -195,7 +195,7 @@ def submit_url(service: Service, url: str, media_root: Path | None) -> str:
         return video_id
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
-        match = DATA_URL.match(url)
+        match = DATA_URL.match(url[:256])  # the header only: the payload may be hundreds of MB
         if match is None or not match["mime"].lower().startswith("video/"):
             raise ChatError(400, "a data URL here is data:video/<type>;base64,<data>", param="messages",
                             code="invalid_url")

@@ -78,8 +78,9 @@ def _from_service_error(error: Exception) -> ChatError:
     if isinstance(error, UploadError):
         if error.status == 413:
             return ChatError(413, str(error), param="messages", code="request_too_large")
-        return ChatError(400 if error.status == 422 else error.status, str(error), param="messages",
-                         code="invalid_video_or_question")
+        if error.status >= 500:
+            return ChatError(error.status, str(error), type="server_error", param="messages", code="encoding_failed")
+        return ChatError(400, str(error), param="messages", code="invalid_video_or_question")
     if isinstance(error, Busy):
         return ChatError(503, str(error), type="server_error", code="overloaded", retry_after=error.retry_after)
     if isinstance(error, NotFound):

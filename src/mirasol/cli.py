@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long the first waiting question waits for others to share its batched decoder pass "
                    "(default 5 ms; 0: only those already waiting)")
-    p.add_argument("--max-batch", type=int, default=16,
-                   help="most questions answered in one batched decoder pass (default 16; 1: one at a time)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="most questions answered in one batched decoder pass (default 32; 1: one at a time)")
     p.add_argument("--no-gradio", action="store_true",
                    help="do not mount the Gradio page at /gradio (by default it is, where the serve-gradio extra "
                    "is installed; the plain page at / is always there)")

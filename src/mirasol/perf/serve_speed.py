@@ -82,11 +82,16 @@ def _clients(service, video_ids: list[str], clients: int, per_client: int) -> di
 
 
 def bench_serve_clients(service, video_ids: list[str], clients=(1, 8, 32), questions_per_client: int = 4,
-                        window_s: float = 0.005, max_batch: int = 32, rounds: int = 3, quiet: bool = False) -> dict:
+                        window_s: float | None = None, max_batch: int | None = None, rounds: int = 3,
+                        quiet: bool = False) -> dict:
     """Questions per second (median over `rounds`) and p50 / p95 latency (over all rounds' questions)
-    at each client count, one at a time against batched."""
+    at each client count, one at a time against batched (the server's default window and batch size
+    unless given)."""
     from mirasol.perf.model_speed import bench_step
-    from mirasol.serve.batcher import Batcher
+    from mirasol.serve.batcher import MAX_BATCH, WINDOW_S, Batcher
+
+    window_s = WINDOW_S if window_s is None else window_s
+    max_batch = MAX_BATCH if max_batch is None else max_batch
 
     def step_ms() -> float:
         return 1000 * bench_step(batch_sizes=(8,), combiners=("transformer",), questions_per_clip=(1,), repeats=3,

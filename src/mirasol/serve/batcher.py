@@ -29,7 +29,7 @@ from mirasol.data.manifest import Sample, prompt_for
 from mirasol.eval.predict import predict_from_memory
 
 WINDOW_S = 0.005
-MAX_BATCH = 16
+MAX_BATCH = 32
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,26 @@ def wait_ready(client, video_id: str, timeout: float = 60.0, prefix: str = "") -
             return s
         time.sleep(0.05)
     raise AssertionError(f"{video_id} not encoded within {timeout} s")
+
+
+def make_varied_run(path: Path, scale: float = 0.3) -> Path:
+    """make_run with the text decoder's weights shaken (a fixed seed), so that free answers differ
+    between questions and videos instead of all being the same untrained token."""
+    from mirasol.run_dir import load_run
+
+    make_run(path)
+    model = load_run(path)[0]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.text_decoder.parameters():
+            if p.dim() >= 2:
+                p.add_(torch.randn(p.shape, generator=generator) * scale)
+    model.save_pretrained(path)
+    return path
+
+
+def synthetic_video(path: Path, seconds: float) -> Path:
+    """A small H.264 + AAC video (moving shapes, a tone) made on the spot: no sample folder needed."""
+    from mirasol.perf.media import write_test_video
+
+    return write_test_video(path, seconds, (64, 48), fps=10)

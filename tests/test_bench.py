@@ -142,7 +142,11 @@ def test_long_smoke():
 def test_bench_serve_later_questions_cost_only_the_decoder(tmp_path, monkeypatch):
     pytest.importorskip("fastapi")  # not needed by the benchmark itself, but the serve extra marks the set-up
     monkeypatch.setenv("MIRASOL_BENCH_DIR", str(tmp_path))
-    r = bench.bench_serve(preset="tiny", seconds=6, questions=3, quiet=True)
+    r = bench.bench_serve(preset="tiny", seconds=6, questions=3, quiet=True, clients=(1, 4), questions_per_client=2,
+                          rounds=1)
     assert r["chunks"] == 6 and r["first_question_s"] > r["encode_s"] > 0
     assert r["later_question_s"] < r["first_question_s"] and r["speedup"] == pytest.approx(
         r["first_question_s"] / r["later_question_s"])
+    many = r["concurrent"]["results"]
+    assert many["one at a time/4"]["largest_batch"] == 1 and many["batched/4"]["questions"] == 8
+    assert many["batched/4"]["p95_s"] >= many["batched/4"]["p50_s"] > 0 and min(r["concurrent"]["bench_step_tiny_b8_ms_before_after"]) > 0

@@ -194,11 +194,18 @@ def cmd_serve(args) -> int:
 
     if args.window is not None and args.window < 1:
         raise UsageError(f"--window takes a number of chunks >= 1, got {args.window}")
+    if args.media_root is not None and not Path(args.media_root).is_dir():
+        raise UsageError(f"--media-root {args.media_root}: not a folder (give the folder whose videos the chat "
+                         f"endpoint may read by file:// URL)")
+    if args.batch_window_ms < 0 or args.max_batch < 1:
+        raise UsageError(f"--batch-window-ms must be >= 0 and --max-batch >= 1, got {args.batch_window_ms:g} "
+                         f"and {args.max_batch}")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_seconds=args.max_seconds,
                     queue=args.queue, max_pending=args.max_pending)
     serve(args.run, host=args.host, port=args.port, token=args.token or os.environ.get("MIRASOL_SERVE_TOKEN"),
           cache_dir=args.cache, cache_bytes=int(args.cache_gb * 2**30), limits=limits, window=args.window,
-          examples=args.examples, gradio=not args.no_gradio, log=sys.stderr)
+          examples=args.examples, gradio=not args.no_gradio, log=sys.stderr, media_root=args.media_root,
+          batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
     return 0
 
 
@@ -354,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pending", type=int, default=64, help="questions admitted at once before 503 (default 64)")
     p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
                    help="the AV model attends to the last CHUNKS chunks only (bounded memory on long videos)")
+    p.add_argument("--media-root", default=None, metavar="DIR",
+                   help="the folder whose videos the chat endpoint (/v1/chat/completions) may read by file:// URL "
+                   "(default: none; file:// URLs are refused)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="how long the first waiting question waits for others to share its batched decoder pass "
+                   "(default 5 ms; 0: only those already waiting)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="most questions answered in one batched decoder pass (default 32; 1: one at a time)")
     p.add_argument("--no-gradio", action="store_true",
                    help="do not mount the Gradio page at /gradio (by default it is, where the serve-gradio extra "
                    "is installed; the plain page at / is always there)")

@@ -47,9 +47,11 @@ class _Stepper:
     recomputes the whole sequence; it exists to check the cache)."""
 
     def __init__(self, decoder: TextDecoder, memory: torch.Tensor, use_cache: bool,
-                 memory_mask: torch.Tensor | None = None):
+                 memory_mask: torch.Tensor | None = None, memory_rows: torch.Tensor | None = None):
         self.decoder, self.use_cache, self.memory_mask = decoder, use_cache, memory_mask
         self.context_kv = decoder.context_kv(memory)
+        if memory_rows is not None:  # rows about the same clip share its projected keys/values
+            self.context_kv = [(k[memory_rows], v[memory_rows]) for k, v in self.context_kv]
         self.caches = decoder.new_caches() if use_cache else None
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -93,14 +95,17 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     memory_mask: torch.Tensor | None = None,
+    memory_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Returns new tokens [B, n]: each row's answer, its EOS, then pad_id. memory_mask [B, M]:
-    False for memory tokens to ignore (chunks that are only padding)."""
+    False for memory tokens to ignore (chunks that are only padding). memory_rows [B]: row b reads
+    memory[memory_rows[b]] (memory then holds each clip once, [C, M, av_dim]), so that questions
+    about the same clip share one projection of its cross-attention keys/values."""
     ids, mask = left_pad(prompt_ids, pad_id)
     if num_beams > 1:
         return _beam_search(decoder, memory, ids, mask, max_new_tokens, pad_id, eos_id, num_beams,
-                            length_penalty, use_cache, memory_mask)
-    stepper = _Stepper(decoder, memory, use_cache, memory_mask)
+                            length_penalty, use_cache, memory_mask, memory_rows)
+    stepper = _Stepper(decoder, memory, use_cache, memory_mask, memory_rows)
     logits = stepper.start(ids, mask)
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     out = []
@@ -120,9 +125,9 @@ def generate(
 
 
 def _beam_search(decoder, memory, ids, mask, max_new_tokens, pad_id, eos_id, beams, length_penalty, use_cache,
-                 memory_mask=None):
+                 memory_mask=None, memory_rows=None):
     batch = ids.shape[0]
-    stepper = _Stepper(decoder, memory, use_cache, memory_mask)
+    stepper = _Stepper(decoder, memory, use_cache, memory_mask, memory_rows)
     logits = stepper.start(ids, mask)
     expand = torch.arange(batch, device=ids.device).repeat_interleave(beams)
     stepper.reorder(expand)

@@ -24,7 +24,9 @@ count is left at torch's default and reported with the torch version.
                without a window), batch encode_media and one unchunked transformer; time per frame
                and peak RSS, each case in a fresh process
     serve      the server's first question about a 30 s video (decode + encode + answer) against
-               each later one (stored latents, text decoder only); `--preset` (default: small)
+               each later one (stored latents, text decoder only); then 1, 8 and 32 concurrent
+               clients, questions answered one at a time vs batched (questions/s, p50 / p95
+               latency), the `step` figure beside; `--preset` (default: small)
 
 `all` runs step, chunks, generate and data; `prepare`, `store`, `long` and `serve` are slower, and `memory`
 starts fresh processes, so they only run when named. Python: ``run("step")`` or the ``bench_*``

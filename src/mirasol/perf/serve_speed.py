@@ -10,6 +10,13 @@ weights), on a synthetic `seconds`-long H.264 + AAC video:
 - later: each later question (free answer, no evidence, no controls), median seconds;
 - later_full: a later question with the per-chunk evidence and both modality controls, as the page asks;
 - speedup = first / later; questions per second about one video = 1 / later.
+
+Then many clients at once (`clients`, default 1, 8 and 32 threads, each asking
+`questions_per_client` free questions in turn about two videos, 30 s and 12 s, through
+`Service.ask` as the HTTP routes do): questions per second and p50 / p95 latency with questions
+answered one at a time (max batch 1) against batched (a 5 ms window, max batch 32), both on the
+same loaded model, the modes taken in turn at each client count; a `bench step` figure (tiny,
+batch 8, transformer) measured in the same run beside them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from mirasol.perf.common import print_table, work_dir
 from mirasol.perf.media import write_test_video
 
 QUESTION = "what is cooked?"
+QUESTIONS = [QUESTION, "what shape is the object?", "what color is the square?", "describe the video", None,
+             "what happens?", "what do you hear?", "how many objects are there?"]
 
 
 def _untrained_run(folder: Path, preset: str) -> Path:
@@ -45,7 +54,92 @@ def _untrained_run(folder: Path, preset: str) -> Path:
     return folder
 
 
-def bench_serve(preset: str = "small", seconds: float = 30.0, questions: int = 10, quiet: bool = False) -> dict:
+def _clients(service, video_ids: list[str], clients: int, per_client: int) -> dict:
+    """`clients` threads start together, each asking `per_client` questions in turn."""
+    import threading
+
+    latencies: list[float] = []
+    start = threading.Barrier(clients + 1)
+
+    def client(c: int) -> None:
+        start.wait()
+        for i in range(per_client):
+            question = QUESTIONS[(c + i) % len(QUESTIONS)]
+            t0 = time.perf_counter()
+            service.ask(video_ids[(c + i) % len(video_ids)], question, evidence=False, modalities=False)
+            latencies.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    return {"questions": len(latencies), "questions_per_s": len(latencies) / wall, "wall_s": wall,
+            "latencies_s": latencies}
+
+
+def bench_serve_clients(service, video_ids: list[str], clients=(1, 8, 32), questions_per_client: int = 4,
+                        window_s: float | None = None, max_batch: int | None = None, rounds: int = 3,
+                        quiet: bool = False) -> dict:
+    """Questions per second (median over `rounds`) and p50 / p95 latency (over all rounds' questions)
+    at each client count, one at a time against batched (the server's default window and batch size
+    unless given)."""
+    from mirasol.perf.model_speed import bench_step
+    from mirasol.serve.batcher import MAX_BATCH, WINDOW_S, Batcher
+
+    window_s = WINDOW_S if window_s is None else window_s
+    max_batch = MAX_BATCH if max_batch is None else max_batch
+
+    def step_ms() -> float:
+        return 1000 * bench_step(batch_sizes=(8,), combiners=("transformer",), questions_per_clip=(1,), repeats=3,
+                                 warmup=1, quiet=True)["results"]["transformer/b8/k1"]["median_s"]
+
+    step = [step_ms()]
+    modes = {"one at a time": (0.0, 1), "batched": (window_s, max_batch)}
+    runs: dict = {f"{mode}/{n}": [] for n in clients for mode in modes}
+    for _ in range(rounds):  # the modes in turn, so that a change in background load hits both alike
+        for n in clients:
+            for mode, (window, size) in modes.items():
+                service.batcher.close()
+                service.batcher = Batcher(service.model, service.tokenizer, service.model_lock, window, size)
+                _clients(service, video_ids, min(n, 2), 1)  # warm-up
+                service.batcher.batches = service.batcher.largest = 0
+                r = _clients(service, video_ids, n, questions_per_client)
+                r.update(batches=service.batcher.batches, largest_batch=service.batcher.largest)
+                runs[f"{mode}/{n}"].append(r)
+    results = {}
+    for name, rs in runs.items():
+        latencies = sorted(x for r in rs for x in r.pop("latencies_s"))
+        results[name] = {"questions": len(latencies), "rounds": rs,
+                         "questions_per_s": statistics.median(r["questions_per_s"] for r in rs),
+                         "p50_s": statistics.median(latencies),
+                         "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+                         "largest_batch": max(r["largest_batch"] for r in rs)}
+    step.append(step_ms())
+    out = {"clients": list(clients), "questions_per_client": questions_per_client, "rounds": rounds,
+           "window_ms": window_s * 1000, "max_batch": max_batch, "results": results,
+           "bench_step_tiny_b8_ms_before_after": step}
+    if not quiet:
+        rows = []
+        for n in clients:
+            one, batched = results[f"one at a time/{n}"], results[f"batched/{n}"]
+            rows.append([n, one["questions_per_s"], batched["questions_per_s"],
+                         batched["questions_per_s"] / one["questions_per_s"], 1000 * one["p50_s"],
+                         1000 * batched["p50_s"], 1000 * one["p95_s"], 1000 * batched["p95_s"],
+                         batched["largest_batch"]])
+        print_table(f"serve: concurrent clients, {questions_per_client} questions each ({rounds} rounds), one at a "
+                    f"time vs batched ({window_s * 1000:g} ms window, max batch {max_batch}); bench step (tiny, "
+                    f"batch 8) {step[0]:.0f} ms before, {step[1]:.0f} ms after", ["clients", "q/s one", "q/s batched", "speedup", "p50 ms one",
+                                               "p50 ms batched", "p95 ms one", "p95 ms batched", "largest batch"],
+                    rows)
+    return out
+
+
+def bench_serve(preset: str = "small", seconds: float = 30.0, questions: int = 10, quiet: bool = False,
+                clients=(1, 8, 32), questions_per_client: int = 4, rounds: int = 3) -> dict:
     from mirasol.serve.service import Service
 
     root = work_dir() / f"serve-{preset}"
@@ -86,4 +180,12 @@ def bench_serve(preset: str = "small", seconds: float = 30.0, questions: int = 1
                      [f"later (median of {questions})", later_s, 1.0 / later_s],
                      ["later, with evidence + controls", full_s, 1.0 / full_s]])
         print(f"  later questions are {result['speedup']:.1f}x faster than the first")
+    if clients:
+        second = write_test_video(root / f"video_{seconds * 0.4:g}s.mp4", seconds * 0.4, (320, 240), fps=25)
+        other = service.submit_file(second, second.name, owned=False)["id"]
+        while service.status(other)["state"] not in ("ready", "failed"):
+            time.sleep(0.05)
+        result["concurrent"] = bench_serve_clients(service, [submitted["id"], other], clients, questions_per_client,
+                                                   rounds=rounds, quiet=quiet)
+    service.batcher.close()
     return result

@@ -11,9 +11,11 @@
     GET  /videos/{id}/chunks/{t}.png    the first frame of chunk t as the model saw it
     POST /videos/{id}/ask               {"question", "choices"?, "evidence"?, "modalities"?} -> answer, time,
                                         per-chunk evidence, answers without audio / without video
+    GET  /v1/models, POST /v1/chat/completions   the OpenAI-compatible chat endpoint (openai_api.py)
 
 Errors are JSON {"detail": message}: 401 (token), 404 (unknown id or example), 409 (still
-encoding), 413 (upload too large), 422 (not a usable video or question), 503 + Retry-After (busy).
+encoding), 413 (upload too large), 422 (not a usable video or question), 503 + Retry-After (busy);
+under /v1/ they take OpenAI's shape {"error": {"message", "type", "param", "code"}}.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fastapi import Body, FastAPI, File, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from mirasol.serve import openai_api
 from mirasol.serve.page import PAGE
 from mirasol.serve.service import Busy, NotFound, NotReady, Service, UploadError
 
@@ -55,15 +58,19 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        limit = openai_api.request_limit(path, self.limit)
         message = f"the upload is larger than this server's limit of {self.limit / 2**20:g} MiB"
+        refusal = (openai_api.error_response(413, message, code="request_too_large")
+                   if openai_api.is_openai_path(path) else JSONResponse({"detail": message}, status_code=413))
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.limit + 64 * 1024  # the multipart envelope
+                    too_large = int(value) > limit + 64 * 1024  # the multipart envelope
                 except ValueError:
                     too_large = False
                 if too_large:
-                    return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+                    return await refusal(scope, receive, send)
         seen, started = 0, False
 
         async def counting_receive():
@@ -71,7 +78,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit + 64 * 1024:
+                if seen > limit + 64 * 1024:
                     raise _TooLarge()
             return msg
 
@@ -85,15 +92,17 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+                await refusal(scope, receive, send)
 
 
-def create_app(service: Service, token: str | None = None, gradio: bool = False) -> FastAPI:
+def create_app(service: Service, token: str | None = None, gradio: bool = False,
+               media_root: str | None = None) -> FastAPI:
     """The app around a loaded service. With `token`, every route but the page, /health and the
     docs needs `Authorization: Bearer <token>` (or `?token=` on GET, for images on the page).
     `gradio`: also mount the Gradio page at /gradio (gradio_page.py) over the same service, where
     Gradio is installed; `app.state.gradio` (and /info's `pages`) says whether it was and why not.
-    The Gradio page's own routes check the token by Gradio's login (the token is the password)."""
+    The Gradio page's own routes check the token by Gradio's login (the token is the password).
+    `media_root`: the folder whose files the chat endpoint may read by file:// URL (openai_api.py)."""
     app = FastAPI(title="mirasol serve", version="1",
                   description="Ask a trained Mirasol3B model about a video: upload once, ask many times.")
     app.state.service = service
@@ -108,6 +117,9 @@ def create_app(service: Service, token: str | None = None, gradio: bool = False)
             given = request.headers.get("authorization", "")
             given = given[7:] if given.lower().startswith("bearer ") else request.query_params.get("token", "")
             if not hmac.compare_digest(given.encode(), token.encode()):
+                if openai_api.is_openai_path(path):
+                    return openai_api.error_response(401, "a valid API key is required (Authorization: Bearer "
+                                                     "TOKEN, the server's --token)", code="invalid_api_key")
                 return JSONResponse({"detail": "a valid access token is required (Authorization: Bearer TOKEN)"},
                                     status_code=401)
         return await call_next(request)
@@ -181,6 +193,7 @@ def create_app(service: Service, token: str | None = None, gradio: bool = False)
         return service.ask(video_id, body.question, body.choices, body.evidence, body.modalities,
                            body.max_new_tokens, body.family)
 
+    openai_api.register(app, service, media_root=media_root)
     if gradio:
         from mirasol.serve.gradio_page import GRADIO_PATH, mount
 
@@ -211,7 +224,8 @@ def is_loopback(host: str) -> bool:
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           cache_dir: str | None = None, cache_bytes: int = 2 * 2**30, limits=None, window: int | None = None,
-          examples: str | None = None, gradio: bool = True, log=None) -> None:
+          examples: str | None = None, gradio: bool = True, log=None, media_root: str | None = None,
+          batch_window_s: float | None = None, max_batch: int | None = None) -> None:
     """Load the run and serve the page and API until interrupted. Any address but the loopback
     needs a token (UsageError otherwise)."""
     import os
@@ -226,8 +240,10 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None
                          f"with --token or MIRASOL_SERVE_TOKEN (or listen on 127.0.0.1)")
     if cache_dir is None:
         cache_dir = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirasol" / "serve")
-    service = Service(run, cache_dir, cache_bytes=cache_bytes, limits=limits, window=window, examples=examples)
-    app = create_app(service, token=token, gradio=gradio)
+    batching = {k: v for k, v in (("batch_window_s", batch_window_s), ("max_batch", max_batch)) if v is not None}
+    service = Service(run, cache_dir, cache_bytes=cache_bytes, limits=limits, window=window, examples=examples,
+                      **batching)
+    app = create_app(service, token=token, gradio=gradio, media_root=media_root)
     shown = f"[{host}]" if ":" in host else host
     if log is not None:
         print(f"mirasol serve: {run} on http://{shown}:{port}/ (API docs: /docs; latent cache: {cache_dir})"

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import torch
 
-from mirasol.data.manifest import Sample, prompt_for
+from mirasol.data.manifest import Sample
 from mirasol.eval.predict import predict_from_memory
+from mirasol.serve.batcher import prompt_tokens
 
 MAX_SEGMENTS = 64
 ROWS_PER_CALL = 32  # masked copies scored per decoder call (bounds memory on long videos)
 
 
 def prompt_ids(model, tokenizer, question: str | None) -> torch.Tensor:
-    task = "qa" if question else "caption"
-    return torch.tensor([tokenizer.encode_prompt(prompt_for(task, question), model.cfg.max_text_len)])
+    return torch.tensor([prompt_tokens(model, tokenizer, question)])
 
 
 def answer(model, tokenizer, latents: torch.Tensor, question: str | None, choices: list[str] | None = None,

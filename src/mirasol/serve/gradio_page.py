@@ -122,7 +122,7 @@ class PageActions:
                                  "png": self.service.thumbnail(video_id, first)})
         except MirasolError as error:
             return {"error": str(error)}
-        took = f"answered in {out['seconds'] * 1000:.0f} ms (controls {out.get('modalities_seconds', 0) * 1000:.0f} ms, " \
+        took = f"answered in {out['seconds'] * 1000:.0f} ms (with the controls, in one batch; " \
                f"evidence {out['evidence']['seconds'] * 1000:.0f} ms)"
         return {"answer": out["answer"], "time": took, "seconds": out["seconds"],
                 "without_audio": out.get("without_audio"), "without_video": out.get("without_video"),

@@ -55,6 +55,8 @@ class LatentCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
+        self.writes = 0  # entries written (videos encoded) since start
+        self.hits = 0  # reads that found their entry
         for stray in self.root.glob(f"*{PART}"):  # left by a process killed while writing
             stray.unlink(missing_ok=True)
         # key -> file: the only place file names come from (keys were validated when listed)
@@ -84,6 +86,7 @@ class LatentCache:
                 with safe_open(str(path), framework="pt") as f:
                     tensors = {name: f.get_tensor(name) for name in f.keys()}
                     meta = dict(f.metadata() or {})
+                self.hits += 1
             except (OSError, ValueError, RuntimeError):  # deleted or unreadable: forget it
                 self._files.pop(key, None)
                 path.unlink(missing_ok=True)
@@ -114,6 +117,7 @@ class LatentCache:
             pass
         with self._lock:
             self._files[key] = final
+            self.writes += 1
             self._evict(keep=key)
 
     def _evict(self, keep: str) -> None:

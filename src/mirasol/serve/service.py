@@ -14,7 +14,7 @@ Safety rules kept here:
 - one worker thread encodes, one video at a time, from a bounded queue; questions are admitted up
   to a bound; beyond either bound the caller gets Busy (HTTP 503 with Retry-After), never an
   unbounded backlog. The model runs under one lock, so memory does not grow with the number of
-  clients.
+  clients; questions waiting for it are answered together in one batched pass (batcher.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ import torch
 
 from mirasol.errors import MirasolError, UsageError
 from mirasol.eval.predict import answer_budget, family_answers
-from mirasol.serve.evidence import answer as answer_about, chunk_evidence
+from mirasol.serve.batcher import MAX_BATCH, WINDOW_S, Answer, Batcher, Request
+from mirasol.serve.evidence import chunk_evidence
 from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ogv", ".flv", ".ts", ".mpg", ".mpeg"}
@@ -198,7 +199,8 @@ class Service:
 
     def __init__(self, run: str | os.PathLike, cache_dir: str | os.PathLike, cache_bytes: int = 2 * 2**30,
                  limits: Limits | None = None, window: int | None = None,
-                 examples: str | os.PathLike | None = None, chunk_delay: float = 0.0):
+                 examples: str | os.PathLike | None = None, chunk_delay: float = 0.0,
+                 batch_window_s: float = WINDOW_S, max_batch: int = MAX_BATCH):
         from mirasol.run_dir import load_run
 
         self.run = Path(run)
@@ -228,6 +230,7 @@ class Service:
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=self.limits.queue)
         self.pending = threading.BoundedSemaphore(self.limits.max_pending)
         self.silence = self._silence()
+        self.batcher = Batcher(self.model, self.tokenizer, self.model_lock, batch_window_s, max_batch)
         self.worker = threading.Thread(target=self._work, name="mirasol-encoder", daemon=True)
         self.worker.start()
 
@@ -259,7 +262,8 @@ class Service:
 
     def health(self) -> dict:
         return {"status": "ok", "encoding_queue": self.queue.qsize(), "cached_videos": len(self.cache.keys()),
-                "worker_alive": self.worker.is_alive()}
+                "worker_alive": self.worker.is_alive(), "videos_encoded": self.cache.writes,
+                "cache_hits": self.cache.hits, "batching": self.batcher.stats()}
 
     # --- uploads ----------------------------------------------------------------------------
     def new_upload_path(self) -> Path:
@@ -436,22 +440,38 @@ class Service:
         finally:
             self.pending.release()
 
+    def answer_many(self, video_id: str, questions: list[str | None], choices: list[str] | None = None,
+                    max_new_tokens: int | None = None) -> list[Answer]:
+        """Answers to several questions about one ready video, through the shared batches (the
+        entry point for Python callers); raises NotFound / NotReady / UploadError as `ask` does."""
+        tensors, _ = self._entry(video_id)
+        budget = max_new_tokens or answer_budget(self.stats)
+        options = tuple(choices) if choices else None
+        if not self.pending.acquire(blocking=False):
+            raise Busy(f"{self.limits.max_pending} questions are already waiting; try again shortly")
+        try:
+            return self.batcher.answer([Request(tensors["full"], (q or "").strip() or None, options, budget,
+                                                key=f"{video_id}/full") for q in questions])
+        finally:
+            self.pending.release()
+
     def _ask(self, tensors, meta, video_id, question, choices, evidence, modalities, max_new_tokens) -> dict:
         latents = tensors["full"][None]
         starts, valid = json.loads(meta["starts"]), json.loads(meta["valid"])
         out: dict = {"id": video_id, "question": question, "choices": choices}
-        with self.model_lock, torch.inference_mode():
-            t0 = time.perf_counter()
-            out["answer"] = answer_about(self.model, self.tokenizer, latents, question, choices, max_new_tokens)
-            out["seconds"] = round(time.perf_counter() - t0, 4)
-            if modalities:
-                t1 = time.perf_counter()
-                out["without_audio"] = answer_about(self.model, self.tokenizer, tensors["no_audio"][None], question,
-                                                    choices, max_new_tokens)
-                out["without_video"] = answer_about(self.model, self.tokenizer, tensors["no_video"][None], question,
-                                                    choices, max_new_tokens)
-                out["modalities_seconds"] = round(time.perf_counter() - t1, 4)
-            if evidence:
+        options = tuple(choices) if choices else None
+        # the answer and its two controls go to the shared batches together
+        kinds = ["full", "no_audio", "no_video"] if modalities else ["full"]
+        t0 = time.perf_counter()
+        answers = self.batcher.answer([Request(tensors[k], question, options, max_new_tokens, key=f"{video_id}/{k}")
+                                       for k in kinds])
+        out["answer"] = answers[0].text
+        out["finish_reason"], out["answer_tokens"] = answers[0].finish_reason, answers[0].tokens
+        out["seconds"] = round(time.perf_counter() - t0, 4)
+        if modalities:
+            out["without_audio"], out["without_video"] = answers[1].text, answers[2].text
+        if evidence:
+            with self.model_lock, torch.inference_mode():
                 t2 = time.perf_counter()
                 found = chunk_evidence(self.model, self.tokenizer, latents, question, out["answer"])
                 for seg in found["segments"]:

@@ -49,11 +49,12 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from mirasol.choices import MEDIA_CONTROLS
 from mirasol.errors import UsageError
 
 REFERENCE_CONFIG = "tiny"
 TEXT_LEN = 16  # tokens of a typical row (prompt + answer + specials), for the FLOPs count
-CONTROLS = ("zero_audio", "zero_video", "zero_media", "shuffle")
+CONTROLS = MEDIA_CONTROLS[1:]  # every control but "none"
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,17 @@ def cmd_bench(args) -> int:
 def cmd_ablate(args) -> int:
     from dataclasses import replace
 
-    from mirasol.ablate import VARIANTS, GridSettings, format_table, parse_seeds, quick_settings, run_grid
+    from mirasol.ablate import VARIANTS, GridSettings, format_table, parse_seeds, quick_settings, run_grid, table_only
 
+    if args.table_only:
+        if not args.results:
+            raise UsageError("--table-only makes the tables from result files: give --results FOLDER")
+        table_only(args.results, args.docs)
+        return 0
+    if not args.out:
+        raise UsageError("give --out DIR (the grid folder), or --table-only --results FOLDER")
+    if args.docs:
+        raise UsageError("--docs applies to --table-only")
     settings = quick_settings(args.out) if args.quick else GridSettings(Path(args.out))
     changes = {}
     if args.seeds:
@@ -178,6 +187,8 @@ def cmd_ablate(args) -> int:
             raise UsageError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.overrides:
         changes["extra"] = tuple(args.overrides)
+    if args.results:
+        changes["results"] = Path(args.results)
     summary = run_grid(replace(settings, **changes))
     print(format_table(summary))
     print(f"results: {Path(args.out) / 'results.json'}  table: {Path(args.out) / 'table.md'}  "
@@ -328,9 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
 
     p = sub.add_parser("ablate", help=COMMANDS["ablate"][1], description=COMMANDS["ablate"][1])
-    p.add_argument("--out", required=True, help="grid folder (worlds, runs, results.json, table.md, plot); "
+    p.add_argument("--out", default=None, help="grid folder (worlds, runs, results.json, table.md, plot); "
                    "run the same command again to go on after an interruption")
-    p.add_argument("--quick", action="store_true", help="a few minutes: toy world and steps, one seed")
+    p.add_argument("--quick", action="store_true", help="a few minutes: toy world and steps, two seeds")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: "
                    f"{','.join(map(str, GridSettings.seeds))})")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {GridSettings.steps})")
@@ -340,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help=f"runs trained at once (default: {GridSettings.jobs})")
     p.add_argument("--threads", type=int, default=None,
                    help=f"torch threads per run (default: {GridSettings.threads})")
+    p.add_argument("--results", default=None, metavar="FOLDER",
+                   help="also write each finished run's result file here (VARIANT-seedK-stepsN.json), take runs "
+                        "already there as done (a grid shared across machines), and count them in the tables")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: make the tables (rows with 95%% intervals, claims with Welch p-values and "
+                        "verdicts) from the --results files")
+    p.add_argument("--docs", nargs="+", default=None, metavar="FILE",
+                   help="with --table-only: markdown files whose <!-- ablate:KIND --> blocks are rewritten")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant, e.g. model.audio_patch_mels=4")
 
     p = sub.add_parser("serve", help=COMMANDS["serve"][1], description=COMMANDS["serve"][1])

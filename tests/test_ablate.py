@@ -213,3 +213,19 @@ def test_evaluate_whole_streams_every_chunk(tmp_path):
         memory = latents.expand(len(samples), -1, -1, -1)
         direct = predict_from_memory(model, tokenizer, memory, prompts, samples, labels=stats.get("labels"))
         assert [r["prediction"] for r in rows] == direct
+
+
+def test_the_docs_tables_are_the_result_files_tables():
+    """The marked tables of benchmarks/ablations.md and benchmarks/README.md are what `mirasol ablate
+    --table-only` makes from benchmarks/results: regenerate them after adding result files."""
+    from pathlib import Path
+
+    from mirasol.ablate import table_only
+
+    root = Path(__file__).resolve().parents[1]
+    summaries = table_only(root / "benchmarks" / "results", log=lambda text: None)
+    for doc in ("ablations.md", "README.md"):
+        text = (root / "benchmarks" / doc).read_text()
+        rendered, count = render_blocks(text, summaries, doc)
+        assert count >= 2 and rendered == text, f"run: mirasol ablate --table-only --results benchmarks/results " \
+                                                f"--docs benchmarks/ablations.md benchmarks/README.md ({doc})"

@@ -10,9 +10,10 @@ Each claim compares one row's overall test accuracy with another's at the same s
 Welch's t-test, its 95 % interval, the smallest difference the seeds could detect, and the verdict
 word (mirasol.eval.stats.VERDICT_RULE).
 
-Markdown blocks: the text between `<!-- ablate:KIND key=value ... -->` and `<!-- /ablate:KIND -->`
-is rewritten by `render_blocks`; KIND is `rows` (every family; `steps=N`), `short` (`steps=N
-families=a,b`) or `claims` (optionally `steps=N`).
+Markdown blocks: the text between the lines `<!-- ablate:KIND key=value ... -->` and
+`<!-- /ablate:KIND -->` is rewritten by `render_blocks`. KIND is `rows` (every family; `steps=N`),
+`short` (`steps=N families=a,b`), both optionally with `reports=test,shuffle,...`, or `claims`
+(optionally `steps=N`).
 """
 
 from __future__ import annotations
@@ -227,9 +228,11 @@ def _table(head: list[str], lines: list[list[str]]) -> str:
     return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
 
 
-def rows_table(summary: dict, families: list[str] | None = None, short: bool = False) -> str:
-    """The rows as a markdown table: overall mean ± sd and its 95 % interval, the families, costs."""
-    rows = summary["rows"]
+def rows_table(summary: dict, families: list[str] | None = None, short: bool = False,
+               reports: list[str] | None = None) -> str:
+    """The rows as a markdown table: overall mean ± sd and its 95 % interval, the families, costs;
+    `reports` keeps only the rows of those reports ("test", "shuffle", ...)."""
+    rows = {k: r for k, r in summary["rows"].items() if reports is None or r["report"] in reports}
     families = families or list(dict.fromkeys(f for r in rows.values() for f in r["families"]))
     prior = summary["answer_prior"]
     head = ["row", "seeds", "all (mean ± sd)", "95 % interval", *families]
@@ -291,7 +294,7 @@ def format_table(summary: dict) -> str:
 
 # --- markdown blocks ---------------------------------------------------------------------------
 
-BLOCK = re.compile(r"<!-- ablate:(\w+)((?: [\w.]+=[^ >]+)*) -->\n(.*?)<!-- /ablate:\1 -->", re.S)
+BLOCK = re.compile(r"^<!-- ablate:(\w+)((?: [\w.]+=[^ >]+)*) -->\n(.*?)^<!-- /ablate:\1 -->", re.S | re.M)
 
 
 def render_blocks(text: str, summaries: dict[int, dict], where: str = "the file") -> tuple[str, int]:
@@ -312,15 +315,15 @@ def render_blocks(text: str, summaries: dict[int, dict], where: str = "the file"
         elif kind in ("rows", "short"):
             if steps is None:
                 raise UsageError(f"{where}:{line}: an ablate:{kind} block needs steps=N")
-            families = options["families"].split(",") if "families" in options else None
-            body = rows_table(summaries[steps], families, short=kind == "short")
+            lists = {k: options[k].split(",") if k in options else None for k in ("families", "reports")}
+            body = rows_table(summaries[steps], lists["families"], short=kind == "short", reports=lists["reports"])
         else:
             raise UsageError(f"{where}:{line}: unknown block ablate:{kind} (rows, short or claims)")
         count += 1
         return f"<!-- ablate:{kind}{match.group(2)} -->\n{body}\n<!-- /ablate:{kind} -->"
 
     new = BLOCK.sub(render, text)
-    opened = len(re.findall(r"<!-- ablate:\w+", text))
+    opened = len(re.findall(r"^<!-- ablate:\w+", text, re.M))  # markers start a line; prose may quote them
     if opened != count:
         raise UsageError(f"{where}: {opened} ablate blocks open but {count} close with <!-- /ablate:KIND -->")
     return new, count

@@ -116,12 +116,11 @@ def by_budget(results: list[dict]) -> dict[int, list[dict]]:
 
 # --- rows --------------------------------------------------------------------------------------
 
-def _spread(values: list[float], summaries: list[dict | None]) -> Spread | None:
-    """The spread of per-seed values pooled with summaries ({"mean", "sd"} over their "n" seeds)."""
+def _spread(values: list[float], summaries: list[dict]) -> Spread | None:
+    """The spread of per-seed values pooled with summaries ({"mean", "sd"} over their "n" seeds, or
+    their "per_seed" values)."""
     spread = Spread.of(values) if values else None
     for s in summaries:
-        if s is None:
-            continue
         if s.get("per_seed"):
             part = Spread.of(s["per_seed"].values())
         else:

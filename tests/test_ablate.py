@@ -16,7 +16,9 @@ import torch
 pytest.importorskip("av")
 
 from mirasol import MirasolConfig  # noqa: E402
-from mirasol.ablate import VARIANTS, GridSettings, format_table, run_grid, summarize  # noqa: E402
+from mirasol.ablate import VARIANTS, GridSettings, format_table, grid_settings, run_grid, summarize  # noqa: E402
+from mirasol.errors import UsageError  # noqa: E402
+from mirasol.eval.claims import render_blocks, write_result  # noqa: E402
 from mirasol.cli import main  # noqa: E402
 from mirasol.eval.controls import perturb_chunks, perturb_media  # noqa: E402
 from mirasol.media.features import SILENCE  # noqa: E402
@@ -29,8 +31,11 @@ def _toy(out, **kw) -> GridSettings:
 
 @pytest.mark.slow
 def test_quick_grid_runs_every_row_and_resumes(tmp_path):
-    settings = _toy(tmp_path / "grid")
+    settings = _toy(tmp_path / "grid", results=tmp_path / "results")
     summary = run_grid(settings)
+    shared = {p.name for p in settings.results.iterdir()}
+    assert shared == {f"{name}-seed0-steps2.json" for name in VARIANTS}
+    assert {c["claim"] for c in summary["claims"]} >= {"chunks", "combiner", "curriculum"}
     rows = summary["rows"]
     for name in VARIANTS:
         assert name in rows, name
@@ -52,6 +57,7 @@ def test_quick_grid_runs_every_row_and_resumes(tmp_path):
     # resumable: finished runs are kept; a run without its result is resumed from its checkpoint
     kept = (out / "runs" / "ttm" / "seed0" / "result.json").stat().st_mtime_ns
     (out / "runs" / "reference" / "seed0" / "result.json").unlink()
+    (settings.results / "reference-seed0-steps2.json").unlink()  # else taken as finished elsewhere
     run_grid(replace(settings, variants=("reference", "ttm")))
     assert (out / "runs" / "ttm" / "seed0" / "result.json").stat().st_mtime_ns == kept
     again = json.loads((out / "runs" / "reference" / "seed0" / "result.json").read_text())
@@ -68,7 +74,81 @@ def test_summary_means_and_deviations():
     summary = summarize([result(0, 0.5), result(1, 0.7)])
     mean, std = summary["rows"]["v"]["families"]["a"]
     assert math.isclose(mean, 0.6) and math.isclose(std, math.sqrt(0.02))
-    assert "0.60 ± 0.14" in format_table(summary)
+    lo, hi = summary["rows"]["v"]["interval"]  # 0.6 +- t(0.975, 1) * 0.1414 / sqrt(2) = 0.6 +- 12.706 * 0.1
+    assert round(lo, 3) == -0.671 and round(hi, 3) == 1.871
+    table = format_table(summary)
+    assert "0.60 ± 0.14" in table and "[-0.671, 1.871]" in table and "could not be told apart" in table
+
+
+def _result(variant, seed, accuracy, budget=1000, settings=None, **extra):
+    by_type = {"a": {"n": 4, "accuracy": accuracy, "answer_prior": 0.25}}
+    return {"variant": variant, "seed": seed, "steps": budget, "budget": budget,
+            "settings": settings or {"clips": 600, "seconds": 32, "clips_per_step": 4, "extra": []},
+            "train_flops_per_sample": 1e9, "train_flops": 1e12, "parameters": 10, "train_seconds": 10.0,
+            "eval_seconds": 1.0, "reports": {"test": {"accuracy": accuracy, "by_type": by_type, "n": 4}}, **extra}
+
+
+def _summary_file(variant, mean, sd, seeds=(0, 1, 2), budget=1000):
+    return {"kind": "summary", "source": "transcribed", "variant": variant, "seeds": list(seeds), "budget": budget,
+            "steps": budget, "settings": {"clips": 600, "seconds": 32, "clips_per_step": 4, "extra": []},
+            "train_flops_per_sample": 2e9, "train_flops": 2e12, "parameters": 11,
+            "train_seconds": {"mean": 20.0, "sd": 1.0}, "answer_prior": {"a": 0.25},
+            "reports": {"test": {"accuracy": {"mean": mean, "sd": sd}, "by_type": {"a": {"mean": mean, "sd": sd}}}}}
+
+
+def test_claims_are_tested_on_runs_and_summaries():
+    runs = [_result("reference", s, a) for s, a in enumerate((0.406, 0.381, 0.379))]
+    summary = summarize(runs + [_summary_file("whole_video", 0.371, 0.002)], order=list(VARIANTS))
+    (claim,) = summary["claims"]
+    # Welch on 0.389 +- 0.015 (3 seeds) against 0.371 +- 0.002 (3 seeds)
+    assert claim["claim"] == "chunks" and round(claim["p"], 2) == 0.18 and claim["verdict"] == "could not be told apart"
+    assert round(claim["difference"], 3) == 0.018 and claim["seeds"] == [3, 3]
+    # a run of a seed that a summary lists replaces the summary; other seeds pool with it
+    summary = summarize([_summary_file("ttm", 0.5, 0.0, seeds=(0, 1)), _result("ttm", 2, 0.8)])
+    assert summary["rows"]["ttm"]["n"] == 3 and math.isclose(summary["rows"]["ttm"]["accuracy"][0], 0.6)
+    summary = summarize([_summary_file("ttm", 0.5, 0.0, seeds=(0, 1)), _result("ttm", 1, 0.8)])
+    assert summary["rows"]["ttm"]["n"] == 1 and summary["rows"]["ttm"]["seeds"] == [1]
+
+
+def test_table_only_rewrites_the_marked_blocks(tmp_path, capsys):
+    results = tmp_path / "results"
+    for s, a in enumerate((0.40, 0.42, 0.41)):
+        write_result(results, _result("reference", s, a))
+        write_result(results, _result("mask_0.75", s, a - 0.08))
+    (results / "whole_video-steps1000.json").write_text(json.dumps(_summary_file("whole_video", 0.371, 0.002)))
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- ablate:claims -->\nSTALE\n<!-- /ablate:claims -->\nmiddle\n"
+                   "<!-- ablate:short steps=1000 families=a -->\n<!-- /ablate:short -->\nend\n")
+    assert main(["ablate", "--table-only", "--results", str(results), "--docs", str(doc)]) == 0
+    out = capsys.readouterr().out
+    assert "95 % interval" in out and "| p |" in out and "Welch" in out and "did not hold" in out
+    text = doc.read_text()
+    assert text.startswith("intro\n<!-- ablate:claims -->\n| claim |") and "STALE" not in text
+    assert "\nmiddle\n<!-- ablate:short steps=1000 families=a -->\n| row |" in text and text.endswith("end\n")
+    assert "**held**" in text and "**did not hold**" in text  # reference > whole_video; masking lowers accuracy
+    assert main(["ablate", "--table-only", "--results", str(results), "--docs", str(doc)]) == 0
+    assert doc.read_text() == text  # the same files give the same tables
+    doc.write_text("<!-- ablate:rows steps=3000 -->\n<!-- /ablate:rows -->\n")
+    assert main(["ablate", "--table-only", "--results", str(results), "--docs", str(doc)]) == 2
+    assert "3000-step results" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="close"):
+        render_blocks("<!-- ablate:claims -->\nno end\n", {})
+
+
+def test_grid_takes_runs_finished_elsewhere_from_the_results_folder(tmp_path):
+    settings = _toy(tmp_path / "grid", variants=("reference", "ttm"), results=tmp_path / "results")
+    settings = replace(settings, seeds=(0, 1))
+    for variant in settings.variants:
+        for seed in settings.seeds:
+            write_result(settings.results, _result(variant, seed, 0.3 + 0.1 * seed + (variant == "ttm") * 0.05,
+                                                   budget=settings.steps, settings=grid_settings(settings)))
+    summary = run_grid(settings)
+    assert not (settings.out / "data").exists()  # nothing trained: no world was written
+    assert summary["rows"]["reference"]["seeds"] == [0, 1] and summary["claims"][0]["claim"] == "combiner"
+    assert "verdict" in (settings.out / "table.md").read_text()
+    other = replace(settings, out=tmp_path / "grid2", clips=settings.clips + 1)
+    with pytest.raises(UsageError, match="other grid settings"):
+        run_grid(other)
 
 
 def test_cli_rejects_unknown_variant(tmp_path, capsys):
@@ -133,3 +213,19 @@ def test_evaluate_whole_streams_every_chunk(tmp_path):
         memory = latents.expand(len(samples), -1, -1, -1)
         direct = predict_from_memory(model, tokenizer, memory, prompts, samples, labels=stats.get("labels"))
         assert [r["prediction"] for r in rows] == direct
+
+
+def test_the_docs_tables_are_the_result_files_tables():
+    """The marked tables of benchmarks/ablations.md and benchmarks/README.md are what `mirasol ablate
+    --table-only` makes from benchmarks/results: regenerate them after adding result files."""
+    from pathlib import Path
+
+    from mirasol.ablate import table_only
+
+    root = Path(__file__).resolve().parents[1]
+    summaries = table_only(root / "benchmarks" / "results", log=lambda text: None)
+    for doc in ("ablations.md", "README.md"):
+        text = (root / "benchmarks" / doc).read_text()
+        rendered, count = render_blocks(text, summaries, doc)
+        assert count >= 2 and rendered == text, f"run: mirasol ablate --table-only --results benchmarks/results " \
+                                                f"--docs benchmarks/ablations.md benchmarks/README.md ({doc})"

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mirasol"
 
 # bottom first; a module's layer is the longest prefix listed here
 LAYERS = [
-    ["mirasol.errors"],
+    ["mirasol.errors", "mirasol.choices"],
     ["mirasol.config"],
     ["mirasol.run_config"],
     ["mirasol.media"],

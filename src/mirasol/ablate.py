@@ -1,12 +1,19 @@
 """`mirasol ablate`: the paper's claims as one resumable grid on the long world.
 
     mirasol ablate --out DIR [--quick] [--seeds 0,1,2] [--steps N] [--clips N] [--variants a,b] [--jobs 2]
+                   [--results FOLDER]
+    mirasol ablate --table-only --results FOLDER [--docs FILE.md ...]
 
 Writes the long world (mirasol.corpora.long_world; 32 s clips) and its 8 s cut (for `short_train`)
 under DIR/data, then trains and evaluates every variant x seed under DIR/runs/<variant>/seed<k>,
 and writes DIR/results.json, DIR/table.md and DIR/accuracy_vs_flops.png. A run whose result.json
 exists is kept; an interrupted run goes on from its last checkpoint, so running the same command
-again continues where the grid stopped.
+again continues where the grid stopped. With --results, each finished run's result file is also
+written to FOLDER (`<variant>-seed<k>-steps<N>.json`, mirasol.eval.claims), a run whose file is
+there already is not trained again (so a grid goes on across machines), and the tables count every
+file of the same step budget. The tables give each row's mean, sd and 95 % interval over seeds, and
+each claim's Welch test and verdict (mirasol.eval.stats). --table-only makes them from FOLDER alone
+and rewrites the marked blocks of the --docs files.
 
 Every variant is the reference recipe (configs/tiny.yaml: tiny preset, one combiner layer, latent
 loss weight 0.1, text decoder at 2x lr) on 32 chunks of 1 s, trained with 4 whole clips x their 8
@@ -41,7 +48,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,11 +55,14 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from mirasol.choices import MEDIA_CONTROLS
 from mirasol.errors import UsageError
+from mirasol.eval.claims import (SETTING_KEYS, budget_of, by_budget, format_table, read_results, result_name,
+                                 settings_of, summarize, update_docs, write_result)
 
 REFERENCE_CONFIG = "tiny"
 TEXT_LEN = 16  # tokens of a typical row (prompt + answer + specials), for the FLOPs count
-CONTROLS = ("zero_audio", "zero_video", "zero_media", "shuffle")
+CONTROLS = MEDIA_CONTROLS[1:]  # every control but "none"
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class GridSettings:
     jobs: int = 2
     threads: int = 1  # torch threads per job
     extra: tuple[str, ...] = ()  # overrides applied to every variant (e.g. the audio fix)
+    results: Path | None = None  # a folder of result files, shared across machines (mirasol.eval.claims)
     progress: bool = True
     log: object = field(default=None, repr=False)
 
@@ -107,8 +117,16 @@ QUESTIONS_PER_CLIP = 8  # the long world asks 8 questions about every clip
 
 
 def quick_settings(out: str | os.PathLike) -> GridSettings:
-    """A few minutes on 2 cores: every variant, one seed, toy world and steps (the form the tests run)."""
-    return GridSettings(Path(out), seeds=(0,), steps=20, clips=30, clips_per_step=2)
+    """A few minutes on 2 cores: every variant, two seeds (so that the claims get a p-value), toy world
+    and steps."""
+    return GridSettings(Path(out), seeds=(0, 1), steps=20, clips=30, clips_per_step=2)
+
+
+def grid_settings(settings: GridSettings) -> dict:
+    """The settings a result file records: runs compare only when these agree."""
+    values = {"clips": settings.clips, "seconds": settings.seconds, "clips_per_step": settings.clips_per_step,
+              "extra": list(settings.extra)}
+    return {k: values[k] for k in SETTING_KEYS}
 
 
 def run_config_for(variant: Variant, settings: GridSettings, seed: int):
@@ -224,7 +242,8 @@ def _run_one(job: dict) -> dict:
         flops = total / ((settings.steps + settings.steps // 2) * run_cfg.train.batch_size)
     result = {
         "variant": variant.name, "seed": seed, "overrides": list(variant.overrides) + list(settings.extra),
-        "steps": settings.steps + (settings.steps // 2 if variant.then_long else 0), "batch": run_cfg.train.batch_size,
+        "steps": settings.steps + (settings.steps // 2 if variant.then_long else 0), "budget": settings.steps,
+        "settings": grid_settings(settings), "batch": run_cfg.train.batch_size,
         "train_flops_per_sample": flops, "train_flops": total,
         "parameters": Mirasol(cfg).num_parameters()["total"],
         "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": resume, "threads": job["threads"],
@@ -244,19 +263,29 @@ def run_grid(settings: GridSettings) -> dict:
         raise UsageError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     if not settings.seeds:
         raise UsageError("give at least one seed")
+    shared = _shared_results(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    worlds = _worlds(settings)
-    _prepare_stores(settings, worlds)
-    log(f"worlds and clip stores ready in {time.perf_counter() - started:.0f} s")
+    todo = [(v, s) for s in settings.seeds for v in settings.variants
+            if not (settings.out / "runs" / v / f"seed{s}" / "result.json").exists()
+            and result_name(v, s, settings.steps) in shared]
+    if todo:
+        log(f"{len(todo)} run(s) finished elsewhere, taken from {settings.results}: "
+            + ", ".join(f"{v} seed {s}" for v, s in todo))
+    pairs = [(v, s) for s in settings.seeds for v in settings.variants if (v, s) not in todo]
+    worlds = _worlds(settings) if pairs else {}
+    if pairs:
+        _prepare_stores(settings, worlds)
+        log(f"worlds and clip stores ready in {time.perf_counter() - started:.0f} s")
     jobs = [{"settings": settings, "variant": v, "seed": s, "worlds": {k: str(p) for k, p in worlds.items()},
-             "run": str(settings.out / "runs" / v / f"seed{s}"), "threads": settings.threads}
-            for s in settings.seeds for v in settings.variants]
-    results = []
+             "run": str(settings.out / "runs" / v / f"seed{s}"), "threads": settings.threads} for v, s in pairs]
+    results = [shared[result_name(v, s, settings.steps)] for v, s in todo]
 
     def done(result: dict) -> None:
         results.append(result)
-        log(f"[{len(results)}/{len(jobs)}] {result['variant']} seed {result['seed']}: "
+        if settings.results is not None:
+            write_result(settings.results, result)
+        log(f"[{len(results) - len(todo)}/{len(jobs)}] {result['variant']} seed {result['seed']}: "
             f"accuracy {result['reports']['test']['accuracy']:.3f} (train {result['train_seconds']:.0f} s, "
             f"eval {result['eval_seconds']:.0f} s)")
 
@@ -270,15 +299,21 @@ def run_grid(settings: GridSettings) -> dict:
     else:
         for job in jobs:
             done(_run_one(job))
-    # the table covers every finished run in the folder, also those of earlier calls with other variants
+    # the table covers every finished run of this budget in the folder (also those of earlier calls
+    # with other variants) and in the results folder
     seen = {(r["variant"], r["seed"]) for r in results}
     for path in sorted((settings.out / "runs").glob("*/seed*/result.json")):
         earlier = json.loads(path.read_text())
-        if (earlier["variant"], earlier["seed"]) not in seen and earlier["variant"] in VARIANTS:
+        if earlier["variant"] in VARIANTS and "budget" not in earlier:  # written before budgets were recorded
+            earlier["budget"] = round(earlier["steps"] / 1.5) if VARIANTS[earlier["variant"]].then_long else earlier["steps"]
+        if ((earlier["variant"], earlier["seed"]) not in seen and earlier["variant"] in VARIANTS
+                and budget_of(earlier) == settings.steps):
             results.append(earlier)
+            seen.add((earlier["variant"], earlier["seed"]))
+    results += [r for r in shared.values() if r.get("kind") == "summary" or (r["variant"], r["seed"]) not in seen]
     order = list(VARIANTS)
-    results.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
-    summary = summarize(results, settings)
+    results.sort(key=lambda r: (order.index(r["variant"]) if r["variant"] in order else len(order), r.get("seed", -1)))
+    summary = summarize(results, settings, order)
     summary["grid_seconds"] = time.perf_counter() - started
     (settings.out / "results.json").write_text(json.dumps(summary, indent=2))
     (settings.out / "table.md").write_text(format_table(summary) + "\n")
@@ -286,58 +321,39 @@ def run_grid(settings: GridSettings) -> dict:
     return summary
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _shared_results(settings: GridSettings) -> dict[str, dict]:
+    """The results folder's files of this step budget, by file name; they must have been made with
+    this grid's settings."""
+    if settings.results is None or not Path(settings.results).is_dir():
+        return {}
+    mine = grid_settings(settings)
+    shared = {}
+    for result in read_results(settings.results):
+        if budget_of(result) != settings.steps or result["variant"] not in VARIANTS:
+            continue
+        if settings_of(result) != mine:
+            raise UsageError(f"{Path(settings.results) / result['file']} was made with other grid settings "
+                             f"({settings_of(result)}, this grid: {mine}); use another --results folder")
+        shared[result["file"]] = result
+    return shared
 
 
-def summarize(results: list[dict], settings: GridSettings | None = None) -> dict:
-    """Per row (a variant, or a test-time control of one): accuracy per family and overall as mean
-    and standard deviation over seeds, FLOPs, parameters, wall time."""
-    rows: dict[str, dict] = {}
-    priors: dict[str, float] = {}
-    for name in dict.fromkeys(r["variant"] for r in results):
-        runs = [r for r in results if r["variant"] == name]
-        for report_name in dict.fromkeys(k for r in runs for k in r["reports"]):
-            label = name if report_name == "test" else f"{name} [{report_name}]"
-            reports = [r["reports"][report_name] for r in runs if report_name in r["reports"]]
-            families = sorted({f for rep in reports for f in rep["by_type"]})
-            row = {"variant": name, "report": report_name, "seeds": [r["seed"] for r in runs],
-                   "accuracy": _mean_std([rep["accuracy"] for rep in reports]), "families": {}}
-            for fam in families:
-                values = [rep["by_type"][fam]["accuracy"] for rep in reports if fam in rep["by_type"]]
-                row["families"][fam] = _mean_std(values)
-                priors.setdefault(fam, reports[0]["by_type"][fam]["answer_prior"])
-            if report_name == "test":
-                row.update({"train_flops_per_sample": runs[0]["train_flops_per_sample"],
-                            "train_flops": runs[0]["train_flops"], "parameters": runs[0]["parameters"],
-                            "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
-                            "eval_seconds": _mean_std([r["eval_seconds"] for r in runs])})
-            rows[label] = row
-    return {"rows": rows, "answer_prior": priors,
-            "settings": None if settings is None else {
-                "seeds": list(settings.seeds), "steps": settings.steps, "clips": settings.clips,
-                "clips_per_step": settings.clips_per_step, "jobs": settings.jobs, "threads": settings.threads,
-                "extra": list(settings.extra), "variants": list(settings.variants)}}
-
-
-def format_table(summary: dict) -> str:
-    rows = summary["rows"]
-    families = sorted({f for r in rows.values() for f in r["families"]})
-    head = ["row", "all", *families, "GFLOP/sample", "params", "train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    prior = summary["answer_prior"]
-    lines.append("| answer prior | - | " + " | ".join(f"{prior.get(f, float('nan')):.2f}" for f in families)
-                 + " | | | |")
-    for label, r in rows.items():
-        cells = [label, "%.3f ± %.3f" % r["accuracy"]]
-        cells += ["%.2f ± %.2f" % r["families"][f] if f in r["families"] else "-" for f in families]
-        if "train_flops_per_sample" in r:
-            cells += [f"{r['train_flops_per_sample'] / 1e9:.2f}", f"{r['parameters'] / 1e6:.2f} M",
-                      "%.0f ± %.0f" % r["train_seconds"]]
-        else:
-            cells += ["(test time)", "", ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def table_only(results_folder: str | os.PathLike, docs: list[str] | None = None, log=print) -> dict[int, dict]:
+    """The tables of every step budget in a results folder, printed, and written into the marked
+    blocks of `docs` (markdown files). Returns the summaries by step budget."""
+    order = list(VARIANTS)
+    results = [r for r in read_results(results_folder) if r["variant"] in VARIANTS]
+    if not results:
+        raise UsageError(f"no result files in {results_folder} (write them with `mirasol ablate ... --results "
+                         f"{results_folder}`)")
+    summaries = {}
+    for budget, group in by_budget(results).items():
+        group.sort(key=lambda r: (order.index(r["variant"]), r.get("seed", -1)))
+        summaries[budget] = summarize(group, order=order)
+        log(f"## {budget} steps ({len(group)} result files)\n\n{format_table(summaries[budget])}\n")
+    for path, count in (update_docs(docs, summaries) if docs else {}).items():
+        log(f"wrote {count} table(s) into {path}")
+    return summaries
 
 
 def plot(summary: dict, path: Path) -> Path | None:
@@ -377,4 +393,4 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-__all__ = ["VARIANTS", "GridSettings", "quick_settings", "run_grid", "summarize", "format_table"]
+__all__ = ["VARIANTS", "GridSettings", "quick_settings", "run_grid", "summarize", "format_table", "table_only"]

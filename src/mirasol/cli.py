@@ -159,8 +159,17 @@ def cmd_bench(args) -> int:
 def cmd_ablate(args) -> int:
     from dataclasses import replace
 
-    from mirasol.ablate import VARIANTS, GridSettings, format_table, parse_seeds, quick_settings, run_grid
+    from mirasol.ablate import VARIANTS, GridSettings, format_table, parse_seeds, quick_settings, run_grid, table_only
 
+    if args.table_only:
+        if not args.results:
+            raise UsageError("--table-only makes the tables from result files: give --results FOLDER")
+        table_only(args.results, args.docs)
+        return 0
+    if not args.out:
+        raise UsageError("give --out DIR (the grid folder), or --table-only --results FOLDER")
+    if args.docs:
+        raise UsageError("--docs applies to --table-only")
     settings = quick_settings(args.out) if args.quick else GridSettings(Path(args.out))
     changes = {}
     if args.seeds:
@@ -178,6 +187,8 @@ def cmd_ablate(args) -> int:
             raise UsageError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.overrides:
         changes["extra"] = tuple(args.overrides)
+    if args.results:
+        changes["results"] = Path(args.results)
     summary = run_grid(replace(settings, **changes))
     print(format_table(summary))
     print(f"results: {Path(args.out) / 'results.json'}  table: {Path(args.out) / 'table.md'}  "
@@ -242,6 +253,8 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     # light (dataclasses + yaml, no torch), so --help stays instant
+    from mirasol.ablate import VARIANTS, GridSettings
+    from mirasol.choices import COMBINERS, CONVERT_FORMATS, MEDIA_CONTROLS, PRECISIONS, STORES, WORLDS
     from mirasol.run_config import config_keys_help
 
     parser = argparse.ArgumentParser(
@@ -256,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (videos + train/val/test.jsonl)")
     p.add_argument("--num", type=int, default=None, help="number of clips in all (default: the preset's size)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
-    p.add_argument("--world", default="default", choices=["default", "long"],
+    p.add_argument("--world", default="default", choices=WORLDS,
                    help="default: 4 s clips (the quickstart's world); long: 32 one-second segments with events "
                         "spread over the whole clip (mirasol/corpora/long_world.py)")
     p.add_argument("--seconds", type=int, default=None, help="--world long: clip length in seconds (default 32)")
@@ -267,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="model config YAML or run dir whose media settings to use "
                    "(default: the tiny preset)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
-    p.add_argument("--store", default="auto", choices=["auto", "raw", "h264", "jpeg", "none"],
+    p.add_argument("--store", default="auto", choices=STORES,
                    help="how clips are kept: auto (h264 when a raw clip would exceed 1 MiB of frames, else raw), "
                         "raw, h264, jpeg, or none (only checked; the loader decodes them on the fly). "
                         "Default: auto")
@@ -283,8 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="shard", help="shard file names: PREFIX-00000.tar, ... (default: shard)")
 
     p = sub.add_parser("convert", help=COMMANDS["convert"][1], description=COMMANDS["convert"][1])
-    p.add_argument("--format", required=True,
-                   choices=["msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave"])
+    p.add_argument("--format", required=True, choices=CONVERT_FORMATS)
     p.add_argument("--annotations", required=True, nargs="+", help="the official annotation file(s), unchanged")
     p.add_argument("--videos", required=True, help="folder holding the downloaded videos")
     p.add_argument("--out", required=True, help="manifest to write (JSON Lines)")
@@ -310,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "training window")
     p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
                    help="with --whole: the AV model attends to the last CHUNKS chunks only")
-    p.add_argument("--media", default="none", choices=["none", "zero_audio", "zero_video", "zero_media", "shuffle"],
+    p.add_argument("--media", default="none", choices=MEDIA_CONTROLS,
                    help="a test-time control: audio or video (or both) replaced by silence / black frames, or the "
                         "time chunks shuffled (default: none)")
 
@@ -334,15 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")
 
     p = sub.add_parser("ablate", help=COMMANDS["ablate"][1], description=COMMANDS["ablate"][1])
-    p.add_argument("--out", required=True, help="grid folder (worlds, runs, results.json, table.md, plot); "
+    p.add_argument("--out", default=None, help="grid folder (worlds, runs, results.json, table.md, plot); "
                    "run the same command again to go on after an interruption")
-    p.add_argument("--quick", action="store_true", help="a few minutes: toy world and steps, one seed")
-    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: 0,1,2)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 1000)")
-    p.add_argument("--clips", type=int, default=None, help="clips per world (default: 600)")
-    p.add_argument("--variants", default=None, help="comma-separated subset of the rows (default: all)")
-    p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1)")
+    p.add_argument("--quick", action="store_true", help="a few minutes: toy world and steps, two seeds")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: "
+                   f"{','.join(map(str, GridSettings.seeds))})")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {GridSettings.steps})")
+    p.add_argument("--clips", type=int, default=None, help=f"clips per world (default: {GridSettings.clips})")
+    p.add_argument("--variants", default=None, help=f"comma-separated subset of the rows: {', '.join(VARIANTS)} "
+                   "(default: all)")
+    p.add_argument("--jobs", type=int, default=None, help=f"runs trained at once (default: {GridSettings.jobs})")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch threads per run (default: {GridSettings.threads})")
+    p.add_argument("--results", default=None, metavar="FOLDER",
+                   help="also write each finished run's result file here (VARIANT-seedK-stepsN.json), take runs "
+                        "already there as done (a grid shared across machines), and count them in the tables")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: make the tables (rows with 95%% intervals, claims with Welch p-values and "
+                        "verdicts) from the --results files")
+    p.add_argument("--docs", nargs="+", default=None, metavar="FILE",
+                   help="with --table-only: markdown files whose <!-- ablate:KIND --> blocks are rewritten")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant, e.g. model.audio_patch_mels=4")
 
     p = sub.add_parser("serve", help=COMMANDS["serve"][1], description=COMMANDS["serve"][1])
@@ -383,9 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write results as JSON here")
     p.add_argument("--preset", default=None, help="step: model preset (default: tiny)")
     p.add_argument("--batch", default=None, help="step: batch sizes, comma-separated (default: 8,32)")
-    p.add_argument("--combiner", default=None, help="step: combiners, comma-separated (default: transformer,ttm)")
+    p.add_argument("--combiner", default=None, help=f"step: combiners, comma-separated (default: {','.join(COMBINERS)})")
     p.add_argument("--questions-per-clip", default=None, help="step: comma-separated (default: 1,4)")
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="step: auto = bf16 on a GPU, fp32 on the CPU")
 
     # --debug is accepted after the command too; SUPPRESS keeps the top-level value when it is absent

@@ -14,19 +14,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mirasol.choices import (AUDIO_FEATURES, CLIP_WINDOWS, COMBINERS, LATENT_LOSSES, MISSING_AUDIO,  # noqa: F401
+                             RESIZE_MODES, STORES)
 from mirasol.errors import MirasolError
-
-COMBINERS = ("transformer", "ttm")
-LATENT_LOSSES = ("mse", "cosine")
-RESIZE_MODES = ("crop", "letterbox")
-CLIP_WINDOWS = ("start", "center", "uniform")
-MISSING_AUDIO = ("zeros", "skip", "error")
-AUDIO_FEATURES = ("log_mel", "whisper")
 
 # Names every layer shares, defined once here at the bottom.
 IGNORE_INDEX = -100  # label of a token that is not scored (prompt, padding): PyTorch's cross-entropy default
 BACKBONE_KEYS = ("text_backbone", "video_backbone", "audio_backbone")  # config keys naming pretrained folders
-STORES = ("auto", "raw", "h264", "jpeg", "none")  # how the clip store keeps clips (data.store)
 HF_EXTRA = 'pip install -e ".[hf]"  (transformers and peft)'
 
 

@@ -23,10 +23,8 @@ from typing import Any
 
 import yaml
 
-from mirasol.config import BACKBONE_KEYS, PRESETS, STORES, ConfigError, MirasolConfig, require_hf
-
-PRECISIONS = ("auto", "fp32", "bf16")
-STRATEGIES = ("ddp", "fsdp")
+from mirasol.choices import PRECISIONS, STORES, STRATEGIES
+from mirasol.config import BACKBONE_KEYS, PRESETS, ConfigError, MirasolConfig, require_hf
 
 
 def _check_keys(section: str, values: dict, cls) -> None:

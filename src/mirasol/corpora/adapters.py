@@ -38,8 +38,8 @@ Formats and what each one writes (samples of every schema: shared/samples/annota
     used); the event window is kept as the extra keys ``event_start`` / ``event_end`` (seconds),
     with ``quality``. id: the YouTube id.
 
-Common rules: videos are looked up under ``--videos`` trying ``.mp4 .mkv .webm .avi .mov`` where
-the schema does not fix the extension (and, where it does, the others after it), then by file name
+Common rules: videos are looked up under ``--videos`` trying ``.mp4 .mkv .webm .avi .mov`` (then
+the other extensions of ``mirasol.choices.VIDEO_EXTENSIONS``) where the schema does not fix the extension (and, where it does, the others after it), then by file name
 anywhere below that folder. Rows whose video is not found are counted and listed, not fatal.
 Records that cannot make a valid manifest row (an empty answer, a choice index out of range, ...)
 are skipped and counted by reason. Ids repeated across the input files get a ``-2``, ``-3``...
@@ -60,11 +60,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
+from mirasol.choices import CONVERT_FORMATS as FORMATS, VIDEO_EXTENSIONS
 from mirasol.data.manifest import ManifestError, clean_text, parse_row, video_path_for_manifest, write_manifest
 from mirasol.errors import MirasolError
 
-FORMATS = ("msrvtt-qa", "activitynet-qa", "nextqa", "music-avqa", "vggsound", "ave")
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+VIDEO_EXTS = tuple("." + e for e in VIDEO_EXTENSIONS)  # as Path.suffix spells them
 MAX_LISTED = 20  # missing videos / skipped records printed before "... and N more"
 
 ACTIVITYNET_TYPES = {0: "motion", 1: "spatial", 2: "temporal", 3: "yes_no", 4: "color", 5: "object",

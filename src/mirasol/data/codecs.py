@@ -17,7 +17,6 @@ from fractions import Fraction
 
 import numpy as np
 
-FORMATS = ("raw", "h264", "jpeg")
 H264_CRF = 18  # >= 35 dB PSNR on every real input measured (benchmarks/store-encoding.md)
 JPEG_QUALITY = 90
 

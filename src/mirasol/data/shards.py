@@ -48,11 +48,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from mirasol.choices import VIDEO_EXTENSIONS as VIDEO_EXTS
 from mirasol.config import ConfigError, MirasolConfig
 from mirasol.data.manifest import ManifestError, Sample, manifest_objects, parse_row, prompt_text, write_manifest
 from mirasol.errors import MirasolError
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "flv", "ogv", "3gp", "wmv")
 ANSWER_KEYS = ("answer", "caption", "label")
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from mirasol.choices import MEDIA_CONTROLS
 from mirasol.config import MirasolConfig
 from mirasol.media.features import SILENCE
 from mirasol.model.chunks import split_chunks
-
-MEDIA_CONTROLS = ("none", "zero_audio", "zero_video", "zero_media", "shuffle")
 
 
 def check_control(kind: str | None) -> str:

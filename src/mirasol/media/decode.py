@@ -216,13 +216,21 @@ class _FrameSampler:
 # Audio: mono samples for the window, placed by timestamp.
 
 class _AudioWindow:
-    """Collects resampled mono audio for samples [0, n_real) of the window; drops the rest."""
+    """Collects resampled mono audio for samples [0, n_real) of the window; drops the rest.
+    `feed` takes the stream's decoded frames (timestamps relative to the file's `origin`)."""
 
-    def __init__(self, window_start: float, n_samples: int, n_real: int, rate: int):
-        self.ws, self.rate, self.n_real = window_start, rate, n_real
+    def __init__(self, window_start: float, n_samples: int, n_real: int, rate: int, origin: float = 0.0):
+        self.ws, self.rate, self.n_real, self.origin = window_start, rate, n_real, origin
         self.samples = np.zeros(n_samples, np.float32)
         self.pos: int | None = None  # window index where the next sample lands
         self.real_end = 0  # window index just after the last real sample written
+        self.resampler = _MonoResampler(rate)
+
+    def feed(self, frame: av.AudioFrame | None) -> None:
+        """One decoded frame of the stream, or None at its end (flushes the resampler)."""
+        for out in self.resampler.resample(frame):
+            out_time = _seconds(out.pts, out.time_base)
+            self.push(out.to_ndarray()[0], None if out_time is None else out_time - self.origin)
 
     @property
     def done(self) -> bool:
@@ -296,6 +304,30 @@ def _seconds(value, time_base) -> float | None:
     return None if value is None or time_base is None else float(value * time_base)
 
 
+def _video_sampler(video, cfg: MirasolConfig, targets: list[float]) -> tuple[_FrameSampler, float]:
+    """(the sampler of `targets` on `video`, the frame step to assume where a frame has no time)."""
+    pixel_aspect = float(video.codec_context.sample_aspect_ratio or 1) or 1.0
+    video.thread_type = "AUTO"  # slice + frame threads inside FFmpeg
+    sampler = _FrameSampler(targets, lambda f: _square_image(f, cfg.image_size, cfg.resize, pixel_aspect))
+    return sampler, 1 / float(video.average_rate) if video.average_rate else 1 / 25
+
+
+def _frame_time(frame: av.VideoFrame, origin: float, previous: float | None, step: float) -> tuple[float, float]:
+    """(when `frame` is shown, for how long), in seconds from the file start; a frame without a
+    timestamp follows the previous one by `step`."""
+    time = _seconds(frame.pts, frame.time_base)
+    time = (previous or 0.0) + step if time is None else time - origin
+    return time, _seconds(getattr(frame, "duration", None), frame.time_base) or step
+
+
+def _result(video, audio, frames: np.ndarray, waveform: np.ndarray, duration: float | None,
+            **window) -> DecodedMedia:
+    """The DecodedMedia of `frames` and `waveform`, with what the streams say about the file."""
+    return DecodedMedia(frames=frames, waveform=waveform, has_audio=audio is not None, duration=duration,
+                        source_fps=float(video.average_rate) if video.average_rate else None,
+                        width=video.codec_context.width, height=video.codec_context.height, **window)
+
+
 def decode_media(path: str | os.PathLike | bytes, cfg: MirasolConfig, start: float | None = None,
                  end: float | None = None, name: str | None = None) -> DecodedMedia:
     """Decode the clip window of `path` chosen from [start, end] (seconds) and cfg. See module doc.
@@ -344,19 +376,11 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
     # Sample times of the real frames; the rest of the clip repeats the last one.
     n_real_frames = min(cfg.num_frames, max(1, math.ceil((content_end - ws) * cfg.fps - 0.5)))
     targets = [ws + (i + 0.5) / cfg.fps for i in range(n_real_frames)]
-    pixel_aspect = float(video.codec_context.sample_aspect_ratio or 1) or 1.0
-    sampler = _FrameSampler(targets, lambda f: _square_image(f, cfg.image_size, cfg.resize, pixel_aspect))
+    sampler, nominal_step = _video_sampler(video, cfg, targets)
     clip_samples = round(cfg.clip_seconds * cfg.sample_rate)
     real_samples = min(clip_samples, round((content_end - ws) * cfg.sample_rate))
-    sound = _AudioWindow(ws, clip_samples, real_samples, cfg.sample_rate)
-    resampler = _MonoResampler(cfg.sample_rate)
+    sound = _AudioWindow(ws, clip_samples, real_samples, cfg.sample_rate, origin)
 
-    def feed_audio(frames) -> None:
-        for out in frames:
-            out_time = _seconds(out.pts, out.time_base)
-            sound.push(out.to_ndarray()[0], None if out_time is None else out_time - origin)
-
-    video.thread_type = "AUTO"  # slice + frame threads inside FFmpeg
     seek_to = max(0.0, ws - SEEK_MARGIN_S)
     seeked = False
     if seek_to > 0 and not from_beginning:
@@ -365,28 +389,25 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
             seeked = True
         except av.FFmpegError:
             pass  # not seekable: decode from the beginning
-    nominal_step = 1 / float(video.average_rate) if video.average_rate else 1 / 25
 
     reached_eof = True
     for packet in container.demux(*[s for s in (video, audio) if s is not None]):
         if packet.stream is video:
             for frame in packet.decode():
-                time = _seconds(frame.pts, frame.time_base)
-                time = (sampler.last_time or 0.0) + nominal_step if time is None else time - origin
+                time, shown_for = _frame_time(frame, origin, sampler.last_time, nominal_step)
                 if seeked and sampler.first_time is None and time > targets[0] + 1e-6:
                     if _stream_start(video, origin) < time - 1e-6:
                         return None  # the seek landed after the window although earlier frames exist
-                shown_for = _seconds(getattr(frame, "duration", None), frame.time_base) or nominal_step
                 sampler.push(frame, time, shown_for)
         else:
             for frame in packet.decode():
-                feed_audio(resampler.resample(frame))
+                sound.feed(frame)
         packet_time = _seconds(packet.pts, packet.time_base)
         if (sampler.done and (audio is None or sound.done)) or (
                 packet_time is not None and packet_time - origin > content_end + READ_AHEAD_S):
             reached_eof = False
             break
-    feed_audio(resampler.resample(None))
+    sound.feed(None)
 
     # A frame after the last sample time was seen: the video is real up to content_end. Otherwise
     # the stream ended inside the window and the last frame is held from its end on.
@@ -405,10 +426,8 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
                                f"(video ends at {sampler.end_time:g} s)")
 
     frames = np.stack(sampler.images + [sampler.images[-1]] * (cfg.num_frames - len(sampler.images)))
-    return DecodedMedia(frames=frames, waveform=sound.samples, has_audio=audio is not None, window_start=ws,
-                        window_end=ws + cfg.clip_seconds, video_seconds=video_seconds, audio_seconds=audio_seconds, duration=duration,
-                        source_fps=float(video.average_rate) if video.average_rate else None,
-                        width=video.codec_context.width, height=video.codec_context.height)
+    return _result(video, audio, frames, sound.samples, duration, window_start=ws,
+                   window_end=ws + cfg.clip_seconds, video_seconds=video_seconds, audio_seconds=audio_seconds)
 
 
 def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, origin: float,
@@ -416,10 +435,7 @@ def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, orig
     """'uniform' (see module doc): a video pass that seeks from sample to sample where that skips
     frames, then one short audio read per chunk."""
     targets, audio_starts = uniform_times(cfg, spans)
-    pixel_aspect = float(video.codec_context.sample_aspect_ratio or 1) or 1.0
-    sampler = _FrameSampler(targets, lambda f: _square_image(f, cfg.image_size, cfg.resize, pixel_aspect))
-    nominal_step = 1 / float(video.average_rate) if video.average_rate else 1 / 25
-    video.thread_type = "AUTO"
+    sampler, nominal_step = _video_sampler(video, cfg, targets)
 
     pos = None  # time of the last decoded frame
     gop, last_key = MIN_SEEK_GAP_S, None  # longest keyframe interval seen, last keyframe time
@@ -436,13 +452,11 @@ def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, orig
         ended, filled = True, len(sampler.images)
         for packet in container.demux(video):
             for frame in packet.decode():
-                time = _seconds(frame.pts, frame.time_base)
-                time = (pos or 0.0) + nominal_step if time is None else time - origin
+                time, shown_for = _frame_time(frame, origin, pos, nominal_step)
                 if frame.key_frame:
                     if last_key is not None and time > last_key:
                         gop = max(gop, time - last_key)
                     last_key = time
-                shown_for = _seconds(getattr(frame, "duration", None), frame.time_base) or nominal_step
                 sampler.push(frame, time, shown_for)
                 pos = time
             if sampler.done or (len(sampler.images) > filled and targets[len(sampler.images)] - pos > gop):
@@ -462,24 +476,14 @@ def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, orig
             sound = _read_audio(container, audio, origin, a0, per_chunk, cfg.sample_rate)
             waveform[t * per_chunk:(t + 1) * per_chunk] = sound.samples
             real += sound.real_end
-    frames = np.stack(sampler.images)
-    return DecodedMedia(frames=frames, waveform=waveform, has_audio=audio is not None, window_start=spans[0][0],
-                        window_end=spans[-1][1], video_seconds=cfg.clip_seconds,
-                        audio_seconds=real / cfg.sample_rate, duration=duration,
-                        source_fps=float(video.average_rate) if video.average_rate else None,
-                        width=video.codec_context.width, height=video.codec_context.height, spans=spans)
+    return _result(video, audio, np.stack(sampler.images), waveform, duration, window_start=spans[0][0],
+                   window_end=spans[-1][1], video_seconds=cfg.clip_seconds, audio_seconds=real / cfg.sample_rate,
+                   spans=spans)
 
 
 def _read_audio(container, audio, origin: float, start: float, n_samples: int, rate: int) -> "_AudioWindow":
     """Mono audio for [start, start + n_samples / rate), read by seeking the audio stream alone."""
-    sound = _AudioWindow(start, n_samples, n_samples, rate)
-    resampler = _MonoResampler(rate)
-
-    def feed(frames) -> None:
-        for out in frames:
-            out_time = _seconds(out.pts, out.time_base)
-            sound.push(out.to_ndarray()[0], None if out_time is None else out_time - origin)
-
+    sound = _AudioWindow(start, n_samples, n_samples, rate, origin)
     try:
         container.seek(round((origin + max(0.0, start - SEEK_MARGIN_S)) / audio.time_base), stream=audio,
                        backward=True)
@@ -488,11 +492,11 @@ def _read_audio(container, audio, origin: float, start: float, n_samples: int, r
     end = start + n_samples / rate
     for packet in container.demux(audio):
         for frame in packet.decode():
-            feed(resampler.resample(frame))
+            sound.feed(frame)
         packet_time = _seconds(packet.pts, packet.time_base)
         if sound.done or (packet_time is not None and packet_time - origin > end + READ_AHEAD_S):
             break
-    feed(resampler.resample(None))
+    sound.feed(None)
     return sound
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mirasol.choices import COMBINERS
 from mirasol.config import MirasolConfig
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.layers import Encoder
@@ -19,7 +20,7 @@ from mirasol.perf.common import _train_step, device_peak_tflops, measure, print_
 # 1. step
 
 
-def bench_step(batch_sizes=(8, 32), combiners=("transformer", "ttm"), preset: str = "tiny",
+def bench_step(batch_sizes=(8, 32), combiners=COMBINERS, preset: str = "tiny",
                repeats: int = 5, warmup: int = 2, overrides: dict | None = None, quiet: bool = False,
                questions_per_clip=(1, 4), device: str = "auto", precision: str = "auto",
                text_len: int = 24) -> dict:

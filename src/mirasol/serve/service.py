@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mirasol.choices import VIDEO_EXTENSIONS
 from mirasol.errors import MirasolError, UsageError
 from mirasol.eval.predict import answer_budget, family_answers
 from mirasol.serve.batcher import MAX_BATCH, WINDOW_S, Answer, Batcher, Request
 from mirasol.serve.evidence import chunk_evidence
 from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
 
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ogv", ".flv", ".ts", ".mpg", ".mpeg"}
-# FFmpeg demuxer names accepted (container.format.name is a comma-separated list of aliases)
+# FFmpeg demuxer names we accept (container.format.name is a comma-separated list of aliases)
 MAX_EXAMPLES = 100  # the first, by name, of an --examples folder
 ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "ogg", "flv",
                    "mpegts", "mpeg"}
@@ -222,7 +222,7 @@ class Service:
         self.examples = {}
         if examples is not None:
             for p in sorted(Path(examples).iterdir()):
-                if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and len(self.examples) < MAX_EXAMPLES:
+                if p.is_file() and p.suffix.lower().lstrip(".") in VIDEO_EXTENSIONS and len(self.examples) < MAX_EXAMPLES:
                     self.examples[p.name] = p
         self.model_lock = threading.Lock()
         self.jobs: dict[str, Job] = {}

@@ -43,7 +43,7 @@ from mirasol.serve.batcher import MAX_BATCH, WINDOW_S, Answer, Batcher, Request
 from mirasol.serve.evidence import chunk_evidence
 from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
 
-# FFmpeg demuxer names we accept (container.format.name is a comma-separated list of aliases)
+# FFmpeg demuxer names accepted (container.format.name is a comma-separated list of aliases)
 MAX_EXAMPLES = 100  # the first, by name, of an --examples folder
 ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "ogg", "flv",
                    "mpegts", "mpeg"}

@@ -20,7 +20,7 @@ a reason (`SandboxError`, which the service answers as 422 / `failed: reason`); 
 every other upload go on. The model encoding stays in the server.
 
 Tests can make a worker crash or hang at a given chunk (`MIRASOL_SANDBOX_TEST_HOOK=segfault@1`,
-`hang@0`, `hang-probe`), honoured only where `MIRASOL_TESTING=1` is set too.
+`hang@0`, `hang-probe`, `spin-probe`), honoured only where `MIRASOL_TESTING=1` is set too.
 """
 
 from __future__ import annotations
@@ -227,6 +227,19 @@ def _hook(request: dict, where: str) -> None:
             ctypes.string_at(0)  # a real SIGSEGV, as a broken decoder would
         if hook.startswith("hang"):
             time.sleep(3600)
+        while hook.startswith("spin"):
+            pass
+
+
+def _memory_note(request: dict, reason: str, certain: bool = False) -> str:
+    """`reason`, said to be the memory limit's doing when an allocation failed or the worker's
+    address space came near its limit (a failed allocation then surfaces as any error)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    status = os.pread(request["status_fd"], 1 << 16, 0).decode(errors="replace").splitlines()
+    peak = next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmPeak:")), 0)
+    if certain or "Cannot allocate memory" in reason or "Errno 12" in reason or peak > soft - 64 * 2**20:
+        return f"out of memory: decoding needs more than this server's limit of {request['memory_mb']} MiB per upload ({reason})"
+    return reason
 
 
 def _worker(conn, request: dict) -> None:
@@ -235,6 +248,7 @@ def _worker(conn, request: dict) -> None:
     for fd in (0, 1, 2):  # a hostile file's FFmpeg messages do not reach the server's log
         os.dup2(devnull, fd)
     _limit(request["memory_mb"], request["cpu_s"])
+    request["status_fd"] = os.open("/proc/self/status", os.O_RDONLY)  # readable after the chroot too
     torch.set_num_threads(1)
     held = _confine(request["jail"]) if request["confine"] else ["not confined"]
     path = f"/{JAIL_FILE}" if "chroot" in held else os.path.join(request["jail"], JAIL_FILE)
@@ -244,6 +258,7 @@ def _worker(conn, request: dict) -> None:
             _send(conn, {"kind": "hello", "held": held})
         elif request["op"] == "probe":
             _hook(request, "hang-probe")
+            _hook(request, "spin-probe")
             facts = probe_file(path, cfg, request["max_side"], request["max_seconds"])
             _send(conn, {"kind": "facts", **facts})
         else:
@@ -257,14 +272,14 @@ def _worker(conn, request: dict) -> None:
                              "duration": chunk.duration}, video, audio)
             _send(conn, {"kind": "end"})
     except Refused as error:
-        _send(conn, {"kind": "error", "reason": str(error), "status": error.status})
+        _send(conn, {"kind": "error", "reason": _memory_note(request, str(error)), "status": error.status})
     except MediaError as error:
-        _send(conn, {"kind": "error", "reason": error.reason or str(error)})
+        _send(conn, {"kind": "error", "reason": _memory_note(request, error.reason or str(error))})
     except MemoryError:
-        _send(conn, {"kind": "error", "reason": f"decoding needs more than this server's memory limit "
-                                                f"of {request['memory_mb']} MiB per upload"})
+        _send(conn, {"kind": "error", "reason": _memory_note(request, "MemoryError", True)})
     except Exception as error:  # anything else a file provokes ends that file, not the server
-        _send(conn, {"kind": "error", "reason": f"the decoder failed on this file ({type(error).__name__}) {error}"})
+        reason = f"the decoder failed on this file ({type(error).__name__})"
+        _send(conn, {"kind": "error", "reason": _memory_note(request, reason)})
     finally:
         conn.close()
 

@@ -451,4 +451,10 @@ def _parse(message: bytes, sizes: tuple[int, int]) -> tuple[dict, bytes]:
             raise SandboxError("the decoder's audio features are not finite")
     elif payload:
         raise SandboxError("unreadable reply from the decoder")
+    elif header["kind"] == "facts":
+        duration = header.get("duration")
+        if not (isinstance(header.get("width"), int) and isinstance(header.get("height"), int)
+                and isinstance(header.get("container"), str) and isinstance(header.get("has_audio"), bool)
+                and (duration is None or isinstance(duration, (int, float)) and math.isfinite(duration))):
+            raise SandboxError("unreadable reply from the decoder")
     return header, payload

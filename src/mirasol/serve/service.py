@@ -154,6 +154,9 @@ class Service:
         self.uploads = root / "uploads"
         shutil.rmtree(self.uploads, ignore_errors=True)  # uploads of a previous process
         self.uploads.mkdir(parents=True, exist_ok=True)
+        self.page_files = root / "page"  # the Gradio page's own files (gradio_page.py)
+        shutil.rmtree(self.page_files, ignore_errors=True)
+        self.page_files.mkdir(parents=True, exist_ok=True)
         lim = self.limits
         self.sandbox = Sandbox(self.uploads, SandboxLimits(memory_mb=lim.decoder_memory_mb, cpu_s=lim.decoder_cpu_s,
                                                            wall_s=lim.decoder_wall_s, probes=lim.probes),

@@ -417,9 +417,10 @@ class Sandbox:
                     raise SandboxError(_signal_reason(proc.exitcode, limits)) from None
                 header, payload = _parse(message, sizes)
                 if header["kind"] == "error":
-                    if header.get("status") in (413, 503):
-                        raise Refused(str(header.get("reason")), status=header["status"])
-                    raise SandboxError(str(header.get("reason", "the decoder failed")))
+                    reason = str(header.get("reason", "the decoder failed"))[:1000]
+                    if header.get("status") is not None:  # the probe's refusal, with its reason
+                        raise Refused(reason, status=header["status"] if header["status"] in (413, 422) else 422)
+                    raise SandboxError(reason)
                 yield header, payload
                 if header["kind"] in ("end", "facts", "hello"):
                     return

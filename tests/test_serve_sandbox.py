@@ -127,7 +127,8 @@ def test_the_decoder_runs_confined_in_its_own_process(run, tmp_path, media):
     # the sandboxed chunks are the in-process ones, bit for bit
     from mirasol.media.chunk_reader import iter_chunks
 
-    for mine, theirs in zip(service.sandbox.chunks(media["mkv"], service.cfg, 10), iter_chunks(media["mkv"], service.cfg)):
+    sandboxed = service.sandbox.chunks(media["mkv"], service.cfg, 10)
+    for mine, theirs in zip(sandboxed, iter_chunks(media["mkv"], service.cfg)):
         assert (mine.video == theirs.video).all() and (mine.audio == theirs.audio).all() and mine.start == theirs.start
 
 

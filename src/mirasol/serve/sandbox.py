@@ -238,7 +238,8 @@ def _memory_note(request: dict, reason: str, certain: bool = False) -> str:
     status = os.pread(request["status_fd"], 1 << 16, 0).decode(errors="replace").splitlines()
     peak = next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmPeak:")), 0)
     if certain or "Cannot allocate memory" in reason or "Errno 12" in reason or peak > soft - 64 * 2**20:
-        return f"out of memory: decoding needs more than this server's limit of {request['memory_mb']} MiB per upload ({reason})"
+        return (f"out of memory: decoding needs more than this server's limit of {request['memory_mb']} MiB "
+                f"per upload ({reason})")
     return reason
 
 
@@ -444,7 +445,7 @@ def _parse(message: bytes, sizes: tuple[int, int]) -> tuple[dict, bytes]:
     if not isinstance(header, dict) or header.get("kind") not in ("hello", "facts", "chunk", "end", "error"):
         raise SandboxError("unreadable reply from the decoder")
     if header["kind"] == "chunk":
-        numbers = [header.get(k) for k in ("start", "valid")] + ([header["duration"]] if header.get("duration") is not None else [])
+        numbers = [header.get("start"), header.get("valid"), header.get("duration") or 0.0]
         if len(payload) != sum(sizes) or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
             raise SandboxError("unreadable reply from the decoder")
         audio = np.frombuffer(payload, dtype=np.float32, offset=sizes[0])

@@ -10,7 +10,8 @@ Safety rules kept here:
   WebM, AVI, Ogg, FLV, MPEG-TS/PS), so playlists and concat lists (text files that make FFmpeg open
   other files or URLs) never reach the demuxer; the container FFmpeg then finds must be one of
   those too; its frame size and duration are checked before anything is decoded beyond the first
-  frame.
+  chunk. All of this, and the decoding itself, runs in a limited worker process (sandbox.py), never
+  in the server's.
 - one worker thread encodes, one video at a time, from a bounded queue; questions are admitted up
   to a bound; beyond either bound the caller gets Busy (HTTP 503 with Retry-After), never an
   unbounded backlog. The model runs under one lock, so memory does not grow with the number of
@@ -40,7 +41,7 @@ from mirasol.errors import MirasolError, UsageError
 from mirasol.eval.predict import answer_budget, family_answers
 from mirasol.serve.evidence import answer as answer_about, chunk_evidence
 from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
-from mirasol.serve.sandbox import ALLOWED_FORMATS, Refused, Sandbox, SandboxError, SandboxLimits, probe_file, sniff_container  # noqa: F401
+from mirasol.serve.sandbox import Refused, Sandbox, SandboxError, SandboxLimits
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ogv", ".flv", ".ts", ".mpg", ".mpeg"}
 MAX_EXAMPLES = 100  # the first, by name, of an --examples folder
@@ -88,16 +89,6 @@ class Limits:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def probe(path: Path, limits: Limits, cfg) -> dict:
-    """Check a file before encoding it (in the caller's process; the server uses its sandbox):
-    container, a video stream, frame size, duration, and that its first chunk decodes as the encoder
-    will decode it. Raises UploadError (422) with the reason."""
-    try:
-        return probe_file(path, cfg, limits.max_side, limits.max_seconds)
-    except Refused as error:
-        raise UploadError(str(error), status=error.status) from None
 
 
 @dataclass

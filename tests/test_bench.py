@@ -145,5 +145,6 @@ def test_bench_serve_later_questions_cost_only_the_decoder(tmp_path, monkeypatch
     r = bench.bench_serve(preset="tiny", seconds=6, questions=3, quiet=True)
     assert r["chunks"] == 6 and r["first_question_s"] > r["encode_s"] > 0
     assert r["probe_s"] > 0 and r["encode_in_process_s"] > 0 and "worker process" in r["decoder"]
+    assert r["upload_cpu_s"] > 0 and r["upload_cpu_in_process_s"] > 0
     assert r["later_question_s"] < r["first_question_s"] and r["speedup"] == pytest.approx(
         r["first_question_s"] / r["later_question_s"])

@@ -231,6 +231,11 @@ def _hook(request: dict, where: str) -> None:
             pass
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _memory_note(request: dict, reason: str, certain: bool = False) -> str:
     """`reason`, said to be the memory limit's doing when an allocation failed or the worker's
     address space came near its limit (a failed allocation then surfaces as any error)."""
@@ -261,7 +266,7 @@ def _worker(conn, request: dict) -> None:
             _hook(request, "hang-probe")
             _hook(request, "spin-probe")
             facts = probe_file(path, cfg, request["max_side"], request["max_seconds"])
-            _send(conn, {"kind": "facts", **facts})
+            _send(conn, {"kind": "facts", **facts, "cpu_s": _cpu_seconds()})
         else:
             for chunk in iter_chunks(path, cfg, max_chunks=request["max_chunks"]):
                 _hook(request, f"segfault@{chunk.index}")
@@ -271,7 +276,7 @@ def _worker(conn, request: dict) -> None:
                 _send(conn, {"kind": "chunk", "index": chunk.index, "start": chunk.start,
                              "valid": chunk.valid_seconds, "has_audio": chunk.has_audio,
                              "duration": chunk.duration}, video, audio)
-            _send(conn, {"kind": "end"})
+            _send(conn, {"kind": "end", "cpu_s": _cpu_seconds()})
     except Refused as error:
         _send(conn, {"kind": "error", "reason": _memory_note(request, str(error)), "status": error.status})
     except MediaError as error:
@@ -321,6 +326,7 @@ class Sandbox:
         self.probe_slots = threading.BoundedSemaphore(self.limits.probes)
         self.isolation = "in-process (no sandbox)"
         self.workers: dict[int, multiprocessing.process.BaseProcess] = {}  # pid -> running worker (tests)
+        self.worker_cpu_s = 0.0  # CPU seconds the workers that finished used (the benchmark)
         self._confine = True
         if enabled:
             hello = self._run({"op": "hello"}, None)
@@ -422,6 +428,8 @@ class Sandbox:
                     if header.get("status") is not None:  # the probe's refusal, with its reason
                         raise Refused(reason, status=header["status"] if header["status"] in (413, 422) else 422)
                     raise SandboxError(reason)
+                if isinstance(header.get("cpu_s"), float) and math.isfinite(header["cpu_s"]):
+                    self.worker_cpu_s += header["cpu_s"]
                 yield header, payload
                 if header["kind"] in ("end", "facts", "hello"):
                     return

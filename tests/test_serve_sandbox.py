@@ -267,3 +267,43 @@ def test_the_gradio_pages_uploads_are_bounded_and_go_through_the_sandbox(run, tm
     client = TestClient(create_app(service, gradio=True))
     r = client.post("/gradio/gradio_api/upload", files={"files": ("clip.webm", media["webm"].read_bytes())})
     assert r.status_code == 200 and Path(r.json()[0]).resolve().is_relative_to(service.page_files.resolve())
+
+
+def test_a_confined_worker_reads_its_upload_only_and_has_no_network(tmp_path):
+    """What `_confine` holds, in a forked child: the jail's file is there, nothing else is, no
+    connection reaches a socket listening on the loopback, and chroot cannot be undone."""
+    import encodings.idna  # noqa: F401  (socket addresses go through it; nothing can be imported once confined)
+    import socket
+
+    from mirasol.serve.sandbox import JAIL_FILE, _confine
+
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    (jail / JAIL_FILE).write_bytes(b"the upload")
+    (tmp_path / "secret").write_bytes(b"another client's file")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:  # the child: report each check as one bit of the exit status
+        code = 0
+        try:
+            held = _confine(str(jail))
+            if "chroot" not in held:
+                os._exit(100)
+            code |= 1 if open(f"/{JAIL_FILE}", "rb").read() == b"the upload" else 0
+            code |= 2 if not os.path.exists(str(tmp_path / "secret")) and not os.path.exists("/etc/passwd") else 0
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            except OSError:
+                code |= 4
+            try:
+                os.chroot("/")
+            except PermissionError:
+                code |= 8
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    listener.close()
+    if os.waitstatus_to_exitcode(status) == 100:
+        pytest.skip("unprivileged user namespaces are not available here: the sandbox runs with its limits alone")
+    assert os.waitstatus_to_exitcode(status) == 15

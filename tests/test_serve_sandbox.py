@@ -207,7 +207,7 @@ def test_fuzzed_uploads_get_no_5xx_and_leave_the_server_healthy(run, media, tmp_
     cache, port = tmp_path / "cache", free_port()
     proc = start_server(["-m", "mirasol.cli", "serve", "--run", str(run), "--port", str(port), "--cache", str(cache),
                          "--no-gradio"], port, tmp_path / "server.log")
-    outcomes, kinds, reasons, rss = Counter(), Counter(), Counter(), [rss_mb(proc.pid)]
+    outcomes, kinds, reasons, rss, fds = Counter(), Counter(), Counter(), [rss_mb(proc.pid)], []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             for i in range(count):
@@ -229,6 +229,7 @@ def test_fuzzed_uploads_get_no_5xx_and_leave_the_server_healthy(run, media, tmp_
                 assert proc.poll() is None
                 if i in (min(19, count - 1), count - 1):
                     rss.append(rss_mb(proc.pid))
+                    fds.append(len(os.listdir(f"/proc/{proc.pid}/fd")))
             intact = client.post("/videos", files={"file": ("clip.mp4", originals["mp4"])})
             assert wait_ready(client, intact.json()["id"])["state"] == "ready"
         assert sorted(p.name for p in (cache / "uploads").iterdir()) == []
@@ -239,6 +240,7 @@ def test_fuzzed_uploads_get_no_5xx_and_leave_the_server_healthy(run, media, tmp_
             print(f"  {n:5d}  {reason}")
         assert outcomes["ready"] > 0 and outcomes["4xx"] > 0
         assert rss[-1] - rss[1] < 150, f"the server's memory grew from {rss[1]:.0f} to {rss[-1]:.0f} MB"
+        assert fds[-1] <= fds[0] + 16, f"the server's open files grew from {fds[0]} to {fds[-1]}"
     finally:
         stop(proc)
 

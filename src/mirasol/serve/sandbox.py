@@ -394,7 +394,7 @@ class Sandbox:
         limits = self.limits
         jail = self.jails / f"{secrets.token_hex(12)}.jail"
         jail.mkdir(mode=0o700, parents=True)
-        proc = None
+        proc = receive = None
         try:
             if path is not None:
                 try:
@@ -434,6 +434,8 @@ class Sandbox:
                 if header["kind"] in ("end", "facts", "hello"):
                     return
         finally:
+            if receive is not None:
+                receive.close()
             if proc is not None:
                 if proc.is_alive():
                     proc.kill()

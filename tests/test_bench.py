@@ -145,6 +145,8 @@ def test_bench_serve_later_questions_cost_only_the_decoder(tmp_path, monkeypatch
     r = bench.bench_serve(preset="tiny", seconds=6, questions=3, quiet=True, clients=(1, 4), questions_per_client=2,
                           rounds=1)
     assert r["chunks"] == 6 and r["first_question_s"] > r["encode_s"] > 0
+    assert r["probe_s"] > 0 and r["encode_in_process_s"] > 0 and "worker process" in r["decoder"]
+    assert r["upload_cpu_s"] > 0 and r["upload_cpu_in_process_s"] > 0
     assert r["later_question_s"] < r["first_question_s"] and r["speedup"] == pytest.approx(
         r["first_question_s"] / r["later_question_s"])
     many = r["concurrent"]["results"]

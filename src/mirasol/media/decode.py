@@ -285,7 +285,9 @@ def _check_file(path: str) -> None:
 
 def _open(path: str, data: bytes | None = None) -> av.container.InputContainer:
     try:
-        return av.open(path if data is None else io.BytesIO(data), metadata_errors="ignore")
+        # FFmpeg may open other files on a file's behalf (playlists, references); never over a network
+        return av.open(path if data is None else io.BytesIO(data), metadata_errors="ignore",
+                       options={"protocol_whitelist": "file"})
     except (av.FFmpegError, OSError) as error:
         raise MediaError(path, f"cannot open as a media file ({error})") from error
 
@@ -297,6 +299,8 @@ def _pick_video(container, path: str):
     if not moving:
         reason = "no video stream" if not container.streams.video else "no video stream (only a cover picture)"
         raise MediaError(path, reason)
+    if moving[0].codec_context is None:  # damaged headers: FFmpeg found no decoder for it
+        raise MediaError(path, "the video stream's codec is unknown or its header is damaged")
     return moving[0]
 
 

@@ -26,6 +26,34 @@ GRADIO_PATH = "/gradio"
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1",
                "GRADIO_SSR_MODE": "False", "GRADIO_SHARE": "False", "GRADIO_MCP_SERVER": "False"}
 NO_FAMILY = "(none: free answer or the choices above)"
+PAGE_UPLOADS = 4  # Gradio's folder (its players' copies) holds at most this many largest uploads' bytes
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def bound_folder(folder: Path, max_bytes: int, keep: Path | None = None) -> None:
+    """Delete the oldest files under `folder` until the rest holds at most `max_bytes`."""
+    files = []
+    for p in folder.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        except OSError:  # deleted meanwhile
+            pass
+    total = sum(size for _, size, _ in files)
+    for _, size, p in sorted(files, key=lambda f: f[0]):
+        if total <= max_bytes:
+            break
+        if keep is not None and p == keep:
+            continue
+        p.unlink(missing_ok=True)
+        total -= size
 
 
 class PageActions:
@@ -43,8 +71,10 @@ class PageActions:
         return sorted(self.service.examples)
 
     def use_upload(self, path: str | None, name: str | None = None) -> dict:
-        """A file the page received (Gradio's own temporary copy): copied under a name the server
-        makes and submitted as an upload. -> {"id", "state", "message"} or {"error"}."""
+        """A file the page received (Gradio's copy, for its player): linked (or copied) under a name
+        the server makes and submitted as an upload, i.e. bounded in size and probed and decoded in
+        the sandbox like `POST /videos`. A refused file's Gradio copy is deleted, and Gradio's
+        folder is kept under its bound. -> {"id", "state", "message"} or {"error"}."""
         from mirasol.serve.service import Busy, UploadError
 
         if not path:
@@ -56,11 +86,18 @@ class PageActions:
             limit = self.service.limits.max_upload_bytes
             if size > limit:
                 raise UploadError(f"the upload is larger than this server's limit of {limit / 2**20:g} MiB", 413)
-            shutil.copyfile(source, target)
+            try:
+                os.link(source, target)  # Gradio's folder is on the cache's file system: no second copy
+            except OSError:
+                shutil.copyfile(source, target)
             result = self.service.submit_file(target, name or source.name, owned=True)
         except (UploadError, Busy, OSError) as error:
             target.unlink(missing_ok=True)
+            if _inside(source, self.service.page_files):
+                source.unlink(missing_ok=True)
             return {"error": str(error)}
+        finally:
+            bound_folder(self.service.page_files, PAGE_UPLOADS * self.service.limits.max_upload_bytes, keep=source)
         return {**result, "message": self._progress_text(result["id"])}
 
     def use_example(self, name: str | None) -> dict:
@@ -245,9 +282,12 @@ def build(service):
 
 def mount(app, service, token: str | None = None, path: str = GRADIO_PATH) -> str:
     """Mount the page on `app` at `path`. Returns what happened, for /info and the log: "mounted at
-    /gradio", or why not (Gradio not installed, or failed to build)."""
+    /gradio", or why not (Gradio not installed, or failed to build). Gradio keeps its files (uploads
+    as they arrive, its players' copies) in the service's `page_files` folder, under the cache's
+    folder and bounded by `use_upload`."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    os.environ["GRADIO_TEMP_DIR"] = str(service.page_files)  # read by Gradio when the page is built
     try:
         import gradio as gr
     except ImportError as error:

@@ -10,7 +10,8 @@ Safety rules kept here:
   WebM, AVI, Ogg, FLV, MPEG-TS/PS), so playlists and concat lists (text files that make FFmpeg open
   other files or URLs) never reach the demuxer; the container FFmpeg then finds must be one of
   those too; its frame size and duration are checked before anything is decoded beyond the first
-  frame.
+  chunk. All of this, and the decoding itself, runs in a limited worker process (sandbox.py), never
+  in the server's.
 - one worker thread encodes, one video at a time, from a bounded queue; questions are admitted up
   to a bound; beyond either bound the caller gets Busy (HTTP 503 with Retry-After), never an
   unbounded backlog. The model runs under one lock, so memory does not grow with the number of
@@ -42,11 +43,9 @@ from mirasol.eval.predict import answer_budget, family_answers
 from mirasol.serve.batcher import MAX_BATCH, WINDOW_S, Answer, Batcher, Request
 from mirasol.serve.evidence import chunk_evidence
 from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
+from mirasol.serve.sandbox import Refused, Sandbox, SandboxError, SandboxLimits
 
-# FFmpeg demuxer names accepted (container.format.name is a comma-separated list of aliases)
 MAX_EXAMPLES = 100  # the first, by name, of an --examples folder
-ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "ogg", "flv",
-                   "mpegts", "mpeg"}
 
 
 class UploadError(MirasolError, ValueError):
@@ -84,6 +83,10 @@ class Limits:
     max_question_chars: int = 500
     max_choices: int = 32
     max_choice_chars: int = 200
+    decoder_memory_mb: int = 2048  # the decoder worker's memory beyond its size at start (sandbox.py)
+    decoder_cpu_s: int = 600  # its CPU time for one probe or one video's decoding
+    decoder_wall_s: float = 60.0  # the longest wait for its next answer (the probe, or the next chunk)
+    probes: int = 2  # uploads checked at once
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,81 +104,6 @@ class Job:
     source: Path | None = None  # the file to encode
     upload: Path | None = None  # ... when it is an upload the job deletes afterwards
     started: float = field(default_factory=time.monotonic)
-
-
-def sniff_container(head: bytes) -> str | None:
-    """The container a file's first bytes announce, or None (not a video container the decoder reads)."""
-    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
-        return "mp4/mov"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "matroska/webm"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return "avi"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[:3] == b"FLV":
-        return "flv"
-    if len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47:
-        return "mpeg-ts"
-    if head[:4] == b"\x00\x00\x01\xba":
-        return "mpeg-ps"
-    return None
-
-
-def probe(path: Path, limits: Limits) -> dict:
-    """Check a file before encoding it: container, a video stream, frame size, duration, and that
-    its first frame decodes. Raises UploadError (422) with the reason."""
-    import av
-
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if not head:
-        raise UploadError("the file is empty (0 bytes)")
-    kind = sniff_container(head)
-    if kind is None:
-        raise UploadError("not a video file: the content is none of MP4/MOV, Matroska/WebM, AVI, Ogg, FLV or "
-                          "MPEG-TS/PS (the file name does not matter)")
-    try:
-        container = av.open(str(path), metadata_errors="ignore", options={"protocol_whitelist": "file"})
-    except (av.FFmpegError, OSError, ValueError) as error:
-        raise UploadError(f"cannot read the file as a video ({kind}): {_ffmpeg_reason(error)}") from None
-    try:
-        if not set(container.format.name.split(",")) & ALLOWED_FORMATS:
-            raise UploadError(f"unsupported container {container.format.name!r}")
-        streams = [s for s in container.streams.video
-                   if not s.disposition & (av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails)]
-        if not streams:
-            raise UploadError("the file has no video stream")
-        stream = streams[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if not width or not height:
-            raise UploadError("the video stream has no frame size (truncated or broken file)")
-        if width > limits.max_side or height > limits.max_side:
-            raise UploadError(f"frames of {width}x{height} are larger than this server's limit of "
-                              f"{limits.max_side}x{limits.max_side} pixels")
-        duration = None
-        if container.duration is not None and container.duration > 0:
-            duration = container.duration / av.time_base
-        elif stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        if duration is not None and duration > limits.max_seconds:
-            raise UploadError(f"the video is {duration:.1f} s long; this server takes at most "
-                              f"{limits.max_seconds:g} s")
-        try:
-            frame = next(container.decode(stream), None)
-        except (av.FFmpegError, ValueError) as error:
-            raise UploadError(f"the video does not decode: {_ffmpeg_reason(error)}") from None
-        if frame is None:
-            raise UploadError("the video stream has no frame that decodes (truncated or empty)")
-        return {"container": kind, "width": width, "height": height, "duration": duration,
-                "has_audio": bool(container.streams.audio)}
-    finally:
-        container.close()
-
-
-def _ffmpeg_reason(error: BaseException) -> str:
-    """FFmpeg's reason without the file name (the server's own temporary path)."""
-    return getattr(error, "strerror", None) or type(error).__name__
 
 
 def run_id(run: Path) -> str:
@@ -200,7 +128,7 @@ class Service:
     def __init__(self, run: str | os.PathLike, cache_dir: str | os.PathLike, cache_bytes: int = 2 * 2**30,
                  limits: Limits | None = None, window: int | None = None,
                  examples: str | os.PathLike | None = None, chunk_delay: float = 0.0,
-                 batch_window_s: float = WINDOW_S, max_batch: int = MAX_BATCH):
+                 batch_window_s: float = WINDOW_S, max_batch: int = MAX_BATCH, sandbox: bool = True):
         from mirasol.run_dir import load_run
 
         self.run = Path(run)
@@ -219,6 +147,13 @@ class Service:
         self.uploads = root / "uploads"
         shutil.rmtree(self.uploads, ignore_errors=True)  # uploads of a previous process
         self.uploads.mkdir(parents=True, exist_ok=True)
+        self.page_files = root / "page"  # the Gradio page's own files (gradio_page.py)
+        shutil.rmtree(self.page_files, ignore_errors=True)
+        self.page_files.mkdir(parents=True, exist_ok=True)
+        lim = self.limits
+        self.sandbox = Sandbox(self.uploads, SandboxLimits(memory_mb=lim.decoder_memory_mb, cpu_s=lim.decoder_cpu_s,
+                                                           wall_s=lim.decoder_wall_s, probes=lim.probes),
+                               enabled=sandbox)
         self.examples = {}
         if examples is not None:
             for p in sorted(Path(examples).iterdir()):
@@ -258,6 +193,7 @@ class Service:
                            "max_answer_tokens": answer_budget(stats)},
             "limits": self.limits.to_dict(),
             "examples": sorted(self.examples),
+            "decoder": self.sandbox.isolation,
         }
 
     def health(self) -> dict:
@@ -277,7 +213,7 @@ class Service:
             if size > self.limits.max_upload_bytes:
                 raise UploadError(f"the file is {size / 2**20:.1f} MiB; this server takes at most "
                                   f"{self.limits.max_upload_bytes / 2**20:g} MiB", status=413)
-            facts = probe(path, self.limits)
+            facts = self._probe(path)
             key = entry_key(self.run_id, file_sha256(path), self.sampling)
             with self.jobs_lock:
                 job = self.jobs.get(key)
@@ -300,6 +236,17 @@ class Service:
         finally:
             if owned:
                 path.unlink(missing_ok=True)
+
+    def _probe(self, path: Path) -> dict:
+        """The probe, in the sandbox: Refused / the worker's failure -> UploadError, no place -> Busy."""
+        try:
+            return self.sandbox.probe(path, self.cfg, self.limits.max_side, self.limits.max_seconds)
+        except Refused as error:
+            if error.status == 503:
+                raise Busy(str(error)) from None
+            raise UploadError(str(error), status=error.status) from None
+        except SandboxError as error:
+            raise UploadError(f"cannot check the file: {error}") from None
 
     def submit_example(self, name: str) -> dict:
         path = self.examples.get(name)
@@ -339,13 +286,11 @@ class Service:
                     job.upload.unlink(missing_ok=True)
 
     def _encode(self, job: Job) -> None:
-        from mirasol.media.chunk_reader import iter_chunks
-
         job.state = "encoding"
         cfg, limit = self.cfg, max(1, math.ceil(self.limits.max_seconds / self.cfg.chunk_seconds))
         sessions = {k: self.model.stream(max_context_chunks=self.window) for k in ("full", "no_audio", "no_video")}
         thumbs, starts, valid, has_audio, duration = [], [], [], False, None
-        for chunk in iter_chunks(job.source, cfg, max_chunks=limit + 1):
+        for chunk in self.sandbox.chunks(job.source, cfg, max_chunks=limit + 1):
             if chunk.index >= limit:
                 raise UploadError(f"the video is longer than this server's limit of {self.limits.max_seconds:g} s")
             video, audio = chunk.video[None], chunk.audio[None]

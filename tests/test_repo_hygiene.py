@@ -24,7 +24,7 @@ RULES: list[tuple[str, re.Pattern]] = [
     ("a note about a working session",
      re.compile(r"(?i)\b(?:this|other|an\s+earlier|a\s+later)\s+session(?:s|'s|s')?(?![\w.(])")),
     ("a first-person note",
-     re.compile(r"\b(?:I(?!/O)|I'm|I've|I'd|my|My|we|We|our|Our)\b(?!['\w])|\bof\s+mine\b")),
+     re.compile(r"\b(?:(?<!<)I(?!/O)|I'm|I've|I'd|my|My|we|We|our|Our)\b(?!['\w])|\bof\s+mine\b")),
     ("an absolute path of one machine (write it relative to the checkout or as a placeholder)",
      re.compile(r"(?<![\w.-])/(?:work|root)/|(?<![\w.-])/opt/(?:wheels|pypi)")),
 ]

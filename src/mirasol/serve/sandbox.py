@@ -68,7 +68,7 @@ def _preload() -> None:
 
 _preload()
 
-# FFmpeg demuxer names we accept (container.format.name is a comma-separated list of aliases)
+# FFmpeg demuxer names accepted (container.format.name is a comma-separated list of aliases)
 ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "ogg", "flv",
                    "mpegts", "mpeg"}
 FFMPEG_OPTIONS = {"protocol_whitelist": "file"}  # nothing FFmpeg opens on a file's behalf reaches the network
@@ -101,7 +101,7 @@ class SandboxLimits:
 
 # --- the checks, run in the worker (or in-process without a sandbox) --------------------------------------
 def sniff_container(head: bytes) -> str | None:
-    """The container a file's first bytes announce, or None (not a video container we decode)."""
+    """The container a file's first bytes announce, or None (not a video container the decoder reads)."""
     if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
         return "mp4/mov"
     if head[:4] == b"\x1a\x45\xdf\xa3":

@@ -73,20 +73,27 @@ def pytest_generate_tests(metafunc):
 # ------------------------------------------------------------------------------------------------
 # Runs and data
 
-def make_run(path: Path, texts: list[str], stats: dict | None = None, overrides: list[str] | None = None) -> Path:
+def make_run(path: Path, texts: list[str], stats: dict | None = None, *, tokenizer_vocab: bool = False,
+             edit=None) -> Path:
     """A run folder as `mirasol train` leaves it, with an untrained tiny model (seed 0) and a
-    tokenizer trained on `texts`: answers are arbitrary but deterministic."""
+    tokenizer trained on `texts`: answers are arbitrary but deterministic. `tokenizer_vocab`: the
+    model's vocabulary is the tokenizer's (every id decodes to text); `edit(model)` changes the
+    weights before they are saved."""
     from mirasol import Mirasol
     from mirasol.data.tokenizer import MirasolTokenizer
     from mirasol.run_config import load_run_config
     from mirasol.run_dir import write_run_files
 
     tokenizer = MirasolTokenizer.train(texts, vocab_size=300)
-    config = load_run_config("tiny", overrides or [])
+    config = load_run_config("tiny", [f"model.vocab_size={tokenizer.vocab_size}"] if tokenizer_vocab else [])
     write_run_files(path, config.to_dict(), tokenizer,
                     stats if stats is not None else {"labels": [], "answer_prior": {}, "num_samples": 0})
     torch.manual_seed(0)
-    Mirasol(MirasolConfig.from_dict(config.to_dict()["model"])).save_pretrained(path)
+    model = Mirasol(MirasolConfig.from_dict(config.to_dict()["model"]))
+    if edit is not None:
+        with torch.no_grad():
+            edit(model)
+    model.save_pretrained(path)
     return path
 
 

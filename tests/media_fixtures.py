@@ -43,6 +43,14 @@ class Facts:
     height: int = 0
     rotation: int = 0  # display rotation, degrees counter-clockwise
 
+    def tiny_chunks(self) -> int:
+        """How many of the tiny preset's 1 s chunks the file fills (a chunk counts when real content
+        reaches its first frame time, as in load_clip)."""
+        from mirasol import MirasolConfig
+        from mirasol.media.clip import count_valid_chunks
+
+        return count_valid_chunks(self.seconds, MirasolConfig.preset("tiny", num_chunks=10_000))
+
 
 # Roles shared by both sources. A test that needs "a file longer than two clips, with audio" asks for
 # "long"; each source says which of its files that is.

@@ -11,9 +11,8 @@ import pytest
 
 from mirasol.ask import parse_times
 from mirasol.cli import main as cli
-from mirasol.media.clip import count_valid_chunks
 
-from conftest import make_run, tiny
+from conftest import make_run
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +25,7 @@ def test_whole_streams_every_chunk_of_every_container(run, capsys, media_file):
     assert cli(["ask", "--run", str(run), str(media_file.path), "what is cooked?", "--whole"]) == 0
     out, err = capsys.readouterr()
     assert out.count("\n") == 1  # one answer
-    # tiny chunks of 1 s: a chunk counts when real content reaches its first frame time, as in load_clip
-    chunks = count_valid_chunks(media_file.facts.seconds, tiny(num_chunks=100))
+    chunks = media_file.facts.tiny_chunks()
     consumed = [int(n) for n in re.findall(r"chunks (\d+)", err)]
     assert consumed == list(range(1, chunks + 1))  # progress after every chunk
     assert "note:" not in err

@@ -92,15 +92,17 @@ VFR_TIMES = [0.0, 0.1, 0.2, 0.3, 1.0, 1.05, 1.1, 1.9, 2.6, 2.7, 2.8, 2.9, 3.5, 3
 # Content: smooth moving pictures (codec-friendly, so round trips keep a high PSNR) and a tone.
 
 def moving_frames(count: int, width: int, height: int, seed: int = 0) -> np.ndarray:
-    """[count, height, width, 3] uint8: a colour gradient that drifts, and a bright box that moves."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    """[count, height, width, 3] uint8: slow colour waves that drift (the same picture at any size,
+    smooth enough to keep its detail at the model's 32 px) and a bright box that moves."""
+    v, u = np.mgrid[0:height, 0:width].astype(np.float32)
+    u, v = u / max(1, width), v / max(1, height)
     frames = np.empty((count, height, width, 3), np.uint8)
     box = max(1, min(width, height) // 4)
     for k in range(count):
-        shift = 3 * k + 17 * seed
-        frames[k, ..., 0] = (128 + 100 * np.sin((xx + shift) / 9)).astype(np.uint8)
-        frames[k, ..., 1] = (128 + 100 * np.cos((yy - shift) / 7)).astype(np.uint8)
-        frames[k, ..., 2] = ((xx + yy + 2 * shift) * 2 % 256).astype(np.uint8)
+        phase = 0.02 * k + 0.1 * seed
+        frames[k, ..., 0] = 128 + 100 * np.sin(2 * np.pi * (1.2 * u + phase))
+        frames[k, ..., 1] = 128 + 100 * np.cos(2 * np.pi * (0.9 * v - phase))
+        frames[k, ..., 2] = 128 + 80 * np.sin(2 * np.pi * (0.7 * (u + v) + 2 * phase))
         x0, y0 = (2 * k) % max(1, width - box), k % max(1, height - box)
         frames[k, y0:y0 + box, x0:x0 + box] = 240
     return frames

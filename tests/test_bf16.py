@@ -81,10 +81,13 @@ def test_bf16_forward_and_backward_agree_with_fp32(combiner):
     flat32 = torch.cat([g.flatten() for g in g32.values()])
     flat16 = torch.cat([g16[n].flatten() for n in g32])
     assert rel(flat16, flat32) < GRAD_REL
-    for name, g in g32.items():
-        if g.norm() > 1e-3 * flat32.norm():  # skip tensors whose gradient is only rounding noise
-            assert rel(g16[name], g) < GRAD_TENSOR_REL, name
-            assert torch.cosine_similarity(g16[name].flatten(), g.flatten(), dim=0) > GRAD_COS, name
+    # tensors whose gradient is more than rounding noise, each on its own
+    significant = [name for name, g in g32.items() if g.norm() > 1e-3 * flat32.norm()]
+    assert len(significant) > len(g32) // 4  # a good share of the tensors, not a few
+    for name in significant:
+        g = g32[name]
+        assert rel(g16[name], g) < GRAD_TENSOR_REL, name
+        assert torch.cosine_similarity(g16[name].flatten(), g.flatten(), dim=0) > GRAD_COS, name
 
 
 def test_bf16_training_loss_falls_and_generation_matches_fp32():

@@ -14,6 +14,9 @@ import torch
 import media_fixtures
 from mirasol import MirasolConfig
 
+# The time limit of a test marked `slow` (the default limit, for the others, is in pyproject.toml).
+SLOW_TIMEOUT_S = 1200
+
 # Runs of the command line in a subprocess: one CPU thread and no GPU, so that equalities between
 # runs are those of the CPU's fp32 kernels on any machine.
 CPU_RUN = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -22,6 +25,12 @@ CPU_RUN = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 def tiny(**overrides) -> MirasolConfig:

@@ -7,7 +7,7 @@ import pytest
 from mirasol.cli import main as cli
 from mirasol.data.manifest import normalize_answer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.slow
 
 
 def test_synth_train_evaluate_ask(tmp_path, capsys, generated_media):

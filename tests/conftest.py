@@ -44,6 +44,20 @@ def media_batch(cfg: MirasolConfig, batch: int = 2, seed: int = 0):
     return video, audio
 
 
+def answer_batch(cfg: MirasolConfig, answers: list[list[int]], prompt=(1, 40, 41, 3)):
+    """(ids, labels) of rows `prompt + answer + eos`, right-padded with 0; only the answers and their
+    eos are labelled."""
+    from mirasol.model import IGNORE_INDEX
+
+    seqs = [list(prompt) + a + [cfg.eos_token_id] for a in answers]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for i, s in enumerate(seqs):
+        labels[i, len(prompt): len(s)] = ids[i, len(prompt): len(s)]
+    return ids, labels
+
+
 # ------------------------------------------------------------------------------------------------
 # Media files
 

@@ -41,7 +41,6 @@ class Facts:
     seek_exact_audio: bool = True
     width: int = 0
     height: int = 0
-    rotation: int = 0  # display rotation, degrees counter-clockwise
 
     def tiny_chunks(self) -> int:
         """How many of the tiny preset's 1 s chunks the file fills (a chunk counts when real content
@@ -78,11 +77,12 @@ GENERATED = {
     "one_pixel.mp4": ("one_pixel", Facts(5.0, False, width=1, height=1)),
     "no_audio.mp4": ("no_audio", Facts(1.08, False, width=96, height=64)),
     "three_frames.mov": ("three_frames", Facts(0.1, False, width=96, height=64)),
-    "rotated.mp4": (None, Facts(2.0, True, width=96, height=64, rotation=-90)),
+    "rotated.mp4": (None, Facts(2.0, True, width=96, height=64)),  # shown rotated by -90 degrees
     "vfr.mp4": (None, Facts(4.4, True, width=64, height=48)),
 }
 # Files that must fail, with the reason the decoder gives; kept in their own folder so that the
-# folder of good files can serve as `mirasol serve --examples`.
+# folder of good files can serve as `mirasol serve --examples`. The truncated file's index promises
+# 2 s; its first half decodes.
 BROKEN = {"audio_only.m4a": "no video stream", "truncated.mp4": "truncated"}
 # The variable frame rate file's frame times (seconds).
 VFR_TIMES = [0.0, 0.1, 0.2, 0.3, 1.0, 1.05, 1.1, 1.9, 2.6, 2.7, 2.8, 2.9, 3.5, 3.9, 4.3]
@@ -304,6 +304,8 @@ class MediaSet:
         self.broken = broken or {}  # name -> path of the files that must fail (generated only)
         self.by_name = {name: MediaFile(folder / name, role, facts, source) for name, (role, facts) in table.items()}
         self.by_role = {f.role: f for f in self.by_name.values() if f.role}
+        if set(self.by_role) != set(ROLES):
+            raise ValueError(f"{source} media: roles {sorted(self.by_role)}, expected {sorted(ROLES)}")
 
     def file(self, role: str) -> MediaFile:
         return self.by_role[role]

@@ -23,6 +23,7 @@ from mirasol.media.features import LOG_MEL_SCALE, SILENCE, fft_size, log_mel, me
 from mirasol.media.writer import write_video
 
 from conftest import tiny
+from media_fixtures import BROKEN, VFR_TIMES
 
 DARK, BRIGHT = 16, 235
 
@@ -288,8 +289,6 @@ def test_a_phone_video_is_shown_upright(generated_media):
 
 
 def test_variable_frame_rate_file_is_sampled_by_time(generated_media):
-    from media_fixtures import VFR_TIMES
-
     clip = load_clip(generated_media.path_of("vfr.mp4"), tiny())  # frame k is grey 16 * k
     levels = [round(v * 255 / 16) for v in clip.video.mean(dim=(1, 2, 3)).tolist()]
     targets = [(i + 0.5) / tiny().fps for i in range(tiny().num_frames)]
@@ -331,9 +330,10 @@ def test_media_error_survives_pickling():
     assert str(MediaError("already formatted")) == "already formatted"  # how DataLoader workers re-raise
 
 
-def test_no_video_stream(generated_media):
-    path = generated_media.broken["audio_only.m4a"]
-    with pytest.raises(MediaError, match="no video stream") as caught:
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_files_raise_their_reason(generated_media, name):
+    path = generated_media.broken[name]
+    with pytest.raises(MediaError, match=BROKEN[name]) as caught:
         load_clip(path, tiny())
     assert caught.value.path == str(path)
 

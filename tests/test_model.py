@@ -3,17 +3,13 @@
 import pytest
 import torch
 
-from conftest import media_batch
+from conftest import answer_batch, media_batch, tiny
 from mirasol import Mirasol, MirasolConfig
 from mirasol.model import IGNORE_INDEX, split_chunks
 from mirasol.model.av_model import block_causal_mask
 from mirasol.model.generation import left_pad
 
 COMBINERS = ["transformer", "ttm"]
-
-
-def tiny(**kw):
-    return MirasolConfig.preset("tiny", **kw)
 
 
 def perturb_chunk(cfg, video, audio, t):
@@ -314,14 +310,8 @@ def test_tiny_model_overfits_a_fixed_batch(combiner):
     cfg = tiny(combiner=combiner, mask_ratio=0.0)
     model = Mirasol(cfg)
     video, audio = media_batch(cfg, batch=4, seed=3)
-    prompt = [1, 40, 41, 3]  # the same question for every clip: only the media tells answers apart
-    answers = [[50, 51], [52], [53, 54, 55], [56]]
-    seqs = [prompt + a + [cfg.eos_token_id] for a in answers]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for i, s in enumerate(seqs):
-        labels[i, len(prompt) : len(s)] = ids[i, len(prompt) : len(s)]
+    # the same question for every clip: only the media tells answers apart
+    ids, labels = answer_batch(cfg, [[50, 51], [52], [53, 54, 55], [56]], prompt=[1, 40, 41, 3])
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     first = None
     for _ in range(150):

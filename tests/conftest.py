@@ -15,7 +15,7 @@ import media_fixtures
 from mirasol import MirasolConfig
 
 # The time limit of a test marked `slow` (the default limit, for the others, is in pyproject.toml).
-SLOW_TIMEOUT_S = 1200
+SLOW_TIMEOUT_S = 1800
 
 # Runs of the command line in a subprocess: one CPU thread and no GPU, so that equalities between
 # runs are those of the CPU's fp32 kernels on any machine.

@@ -310,8 +310,9 @@ def test_tiny_model_overfits_a_fixed_batch(combiner):
     cfg = tiny(combiner=combiner, mask_ratio=0.0)
     model = Mirasol(cfg)
     video, audio = media_batch(cfg, batch=4, seed=3)
-    # the same question for every clip: only the media tells answers apart
-    ids, labels = answer_batch(cfg, [[50, 51], [52], [53, 54, 55], [56]], prompt=[1, 40, 41, 3])
+    prompt = [1, 40, 41, 3]  # the same question for every clip: only the media tells answers apart
+    answers = [[50, 51], [52], [53, 54, 55], [56]]
+    ids, labels = answer_batch(cfg, answers, prompt)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     first = None
     for _ in range(150):

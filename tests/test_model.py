@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import answer_batch, media_batch, tiny
+from conftest import SLOW_TIMEOUT_S, answer_batch, media_batch, tiny
 from mirasol import Mirasol, MirasolConfig
 from mirasol.model import IGNORE_INDEX, split_chunks
 from mirasol.model.av_model import block_causal_mask
@@ -303,6 +303,7 @@ def test_gated_cross_attention_starts_closed():
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.timeout(SLOW_TIMEOUT_S)  # 150 optimizer steps: minutes where other processes share the CPU
 @pytest.mark.parametrize("combiner", COMBINERS)
 def test_tiny_model_overfits_a_fixed_batch(combiner):
     """Four clips whose answers depend on the media: the model must learn to read them."""

@@ -1,5 +1,5 @@
-"""Helpers shared by the `mirasol serve` tests (test_serve*.py): a small run, sample videos, a live
-server in a subprocess. The run is an untrained tiny model with a trained tokenizer (answers are
+"""Helpers shared by the `mirasol serve` tests (test_serve*.py): a small run, a live server in a
+subprocess (the videos are conftest's `media`). The run is an untrained tiny model with a trained tokenizer (answers are
 arbitrary but deterministic), which is what the serving plumbing needs; a trained one would add
 half a minute of training to the suite and check nothing more about serving."""
 
@@ -13,35 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from mirasol import Mirasol, MirasolConfig
-from mirasol.data.tokenizer import MirasolTokenizer
-from mirasol.run_config import load_run_config
-from mirasol.run_dir import write_run_files
+from conftest import make_run
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "media"
 PYTHON = sys.executable
 
 
-def make_run(path: Path) -> Path:
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The served run: questions of two families, "color" with two training answers."""
     texts = ["what is cooked?", "a pancake", "an egg", "what shape is the object?", "a red circle",
              "describe the video", "what color is the square?", "red", "green"]
-    tokenizer = MirasolTokenizer.train(texts, vocab_size=300)
-    config = load_run_config("tiny")
     stats = {"labels": [], "answer_prior": {"color": "red", "shape": "circle"}, "num_samples": 9,
              "answers_by_family": {"color": ["green", "red"], "shape": ["circle"]}, "max_answer_tokens": 3}
-    write_run_files(path, config.to_dict(), tokenizer, stats)
-    torch.manual_seed(0)
-    Mirasol(MirasolConfig.from_dict(config.to_dict()["model"])).save_pretrained(path)
-    return path
-
-
-def sample(name: str) -> Path:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"sample media folder {SAMPLES} is missing")
-    return path
+    return make_run(tmp_path_factory.mktemp("serve_run"), texts, stats)
 
 
 def free_port() -> int:

@@ -5,21 +5,18 @@ streaming), `evaluate`, validation and the server."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
-from mirasol import Mirasol, MirasolConfig
 from mirasol.cli import main as cli
 from mirasol.data.manifest import Sample
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.errors import UsageError
 from mirasol.eval.predict import DEFAULT_ANSWER_TOKENS, answer_budget, family_answers
-from mirasol.run_config import load_run_config
-from mirasol.run_dir import train_stats, write_run_files
+from mirasol.run_dir import train_stats
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "media" / "example3.mp4"
+from conftest import make_run
+
 TEXTS = ["what is cooked?", "a pancake", "one", "two", "three", "high", "low", "what pitch?", "how many?"]
 
 
@@ -49,31 +46,25 @@ def test_train_stats_record_the_longest_answer_and_each_familys_answers():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """An untrained tiny model (its free answers run on to any limit), with recorded stats."""
-    run = tmp_path_factory.mktemp("run")
-    tokenizer = MirasolTokenizer.train(TEXTS, vocab_size=300)
-    config = load_run_config("tiny", [f"model.vocab_size={tokenizer.vocab_size}"])  # every id decodes to text
     stats = {"labels": [], "answer_prior": {}, "num_samples": 3, "max_answer_tokens": 2,
              "answers_by_family": {"count": ["one", "three", "two"]}}
-    write_run_files(run, config.to_dict(), tokenizer, stats)
-    torch.manual_seed(0)
-    model = Mirasol(MirasolConfig.from_dict(config.to_dict()["model"]))
-    with torch.no_grad():  # specials (pad, bos, eos, sep) never win, so free answers run on as a confused model's do
+
+    def silence_specials(model):  # pad, bos, eos, sep never win: free answers run on as a confused model's do
         model.text_decoder.embed.weight[:4] = 0.0
-    model.save_pretrained(run)
-    return run
+
+    return make_run(tmp_path_factory.mktemp("run"), TEXTS, stats, tokenizer_vocab=True, edit=silence_specials)
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_free_answers_stop_at_the_longest_training_answer(run, capsys, stream):
-    if not SAMPLE.exists():
-        pytest.skip(f"sample media {SAMPLE} is missing")
+def test_free_answers_stop_at_the_longest_training_answer(run, capsys, media, stream):
+    video = str(media.path("fits"))
     stats_file = run / "train_stats.json"
     original = stats_file.read_text()
     answers = {}
     try:
         for budget in (2, 12):  # 1 token + EOS, then 11 + EOS
             stats_file.write_text(json.dumps({**json.loads(original), "max_answer_tokens": budget}))
-            assert cli(["ask", "--run", str(run), str(SAMPLE), "how many?", *(["--whole"] if stream else [])]) == 0
+            assert cli(["ask", "--run", str(run), video, "how many?", *(["--whole"] if stream else [])]) == 0
             answers[budget] = capsys.readouterr().out.strip()
     finally:
         stats_file.write_text(original)
@@ -83,11 +74,10 @@ def test_free_answers_stop_at_the_longest_training_answer(run, capsys, stream):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_ask_family_chooses_among_its_training_answers(run, capsys, stream):
-    if not SAMPLE.exists():
-        pytest.skip(f"sample media {SAMPLE} is missing")
+def test_ask_family_chooses_among_its_training_answers(run, capsys, media, stream):
+    video = str(media.path("fits"))
     extra = ["--whole"] if stream else []
-    assert cli(["ask", "--run", str(run), str(SAMPLE), "how many?", "--family", "count", *extra]) == 0
+    assert cli(["ask", "--run", str(run), video, "how many?", "--family", "count", *extra]) == 0
     assert capsys.readouterr().out.strip() in {"one", "two", "three"}
-    assert cli(["ask", "--run", str(run), str(SAMPLE), "how many?", "--family", "colour", *extra]) == 2
+    assert cli(["ask", "--run", str(run), video, "how many?", "--family", "colour", *extra]) == 2
     assert "no training answers of family 'colour'" in capsys.readouterr().err

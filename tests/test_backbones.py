@@ -189,15 +189,6 @@ def test_video_and_audio_backbones_keep_chunks_causal(vit, whisper):
     assert torch.allclose(h[:, :2], h2[:, :2], atol=1e-5) and not torch.allclose(h[:, 2:], h2[:, 2:])
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mirasol.corpora.synth import synthesize
-
-    out = tmp_path_factory.mktemp("world")
-    synthesize(out, num=20, seed=1)
-    return out
-
-
 def _cli(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC}
     return subprocess.run([sys.executable, "-m", "mirasol.cli", *args], capture_output=True, text=True, env=env)

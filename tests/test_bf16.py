@@ -11,9 +11,8 @@ bf16 optimizer, an fp16 overflow, a missing `.float()` before the softmax) fails
 import pytest
 import torch
 
-from conftest import media_batch
+from conftest import answer_batch, media_batch
 from mirasol import Mirasol, MirasolConfig
-from mirasol.model import IGNORE_INDEX
 from mirasol.run_config import load_run_config
 from mirasol.train.loop import _autocast
 
@@ -43,16 +42,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def fixed_batch(cfg, answers, prompt=(1, 40, 41, 3)):
-    seqs = [list(prompt) + a + [cfg.eos_token_id] for a in answers]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for i, s in enumerate(seqs):
-        labels[i, len(prompt): len(s)] = ids[i, len(prompt): len(s)]
-    return ids, labels
-
-
 def forward_backward(model, video, audio, ids, labels, bf16: bool):
     model.zero_grad(set_to_none=True)
     with bf16_autocast() if bf16 else torch.autocast("cpu", enabled=False):
@@ -68,7 +57,7 @@ def test_bf16_forward_and_backward_agree_with_fp32(combiner):
     cfg = MirasolConfig.preset("tiny", combiner=combiner)
     model = Mirasol(cfg).train()
     video, audio = media_batch(cfg, batch=4, seed=1)
-    ids, labels = fixed_batch(cfg, [[50, 51], [52], [53, 54, 55], [56]])
+    ids, labels = answer_batch(cfg, [[50, 51], [52], [53, 54, 55], [56]])
     o32, g32 = forward_backward(model, video, audio, ids, labels, bf16=False)
     o16, g16 = forward_backward(model, video, audio, ids, labels, bf16=True)
     assert o16.logits.dtype == torch.bfloat16 and o32.logits.dtype == torch.float32  # bf16 really ran
@@ -81,10 +70,13 @@ def test_bf16_forward_and_backward_agree_with_fp32(combiner):
     flat32 = torch.cat([g.flatten() for g in g32.values()])
     flat16 = torch.cat([g16[n].flatten() for n in g32])
     assert rel(flat16, flat32) < GRAD_REL
-    for name, g in g32.items():
-        if g.norm() > 1e-3 * flat32.norm():  # skip tensors whose gradient is only rounding noise
-            assert rel(g16[name], g) < GRAD_TENSOR_REL, name
-            assert torch.cosine_similarity(g16[name].flatten(), g.flatten(), dim=0) > GRAD_COS, name
+    # tensors whose gradient is more than rounding noise, each on its own
+    significant = [name for name, g in g32.items() if g.norm() > 1e-3 * flat32.norm()]
+    assert len(significant) > len(g32) // 4  # a good share of the tensors, not a few
+    for name in significant:
+        g = g32[name]
+        assert rel(g16[name], g) < GRAD_TENSOR_REL, name
+        assert torch.cosine_similarity(g16[name].flatten(), g.flatten(), dim=0) > GRAD_COS, name
 
 
 def test_bf16_training_loss_falls_and_generation_matches_fp32():
@@ -96,7 +88,7 @@ def test_bf16_training_loss_falls_and_generation_matches_fp32():
     model = Mirasol(cfg)
     video, audio = media_batch(cfg, batch=4, seed=3)
     answers = [[50, 51], [52], [53, 54, 55], [56]]
-    ids, labels = fixed_batch(cfg, answers)
+    ids, labels = answer_batch(cfg, answers)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(40):

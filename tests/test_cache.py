@@ -2,7 +2,6 @@
 
 import collections
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,22 +16,20 @@ from mirasol.data.manifest import read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 from mirasol.model import IGNORE_INDEX
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "media"
-
 
 @pytest.fixture
-def manifest(tmp_path):
-    if not SAMPLES.exists():
-        pytest.skip(f"{SAMPLES} not found")
+def manifest(tmp_path, media):
+    """A 10 s file (whole, a window of it, and the whole again as another row), a file without
+    audio, a 1 s file and an empty one."""
     (tmp_path / "empty.mp4").write_bytes(b"")
+    long = str(media.path("long"))
     rows = [
-        {"id": "good", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "task": "qa",
-         "question": "what is cooked?", "answer": "pancake", "type": "food"},
-        {"id": "good-window", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "start": 4.0, "end": 8.0,
-         "task": "caption", "answer": "a pancake is flipped"},
-        {"id": "same-clip", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "task": "classify", "answer": "cooking"},
-        {"id": "silent", "video": str(SAMPLES / "one_pixel.mp4"), "task": "classify", "answer": "pixel"},
-        {"id": "short", "video": str(SAMPLES / "big_buck_bunny_432_433.webm"), "task": "classify", "answer": "short"},
+        {"id": "good", "video": long, "task": "qa", "question": "what is cooked?", "answer": "pancake", "type": "food"},
+        {"id": "good-window", "video": long, "start": 4.0, "end": 8.0, "task": "caption",
+         "answer": "a pancake is flipped"},
+        {"id": "same-clip", "video": long, "task": "classify", "answer": "cooking"},
+        {"id": "silent", "video": str(media.path("one_pixel")), "task": "classify", "answer": "pixel"},
+        {"id": "short", "video": str(media.path("short")), "task": "classify", "answer": "short"},
         {"id": "broken", "video": "empty.mp4", "task": "classify", "answer": "none"},
     ]
     path = tmp_path / "m.jsonl"
@@ -40,22 +37,22 @@ def manifest(tmp_path):
     return path
 
 
-def test_prepare_reports_ok_skipped_and_silent_clips(manifest, tmp_path):
+def test_prepare_reports_ok_skipped_and_silent_clips(manifest, media, tmp_path):
     cfg = MirasolConfig.preset("tiny")
     out = tmp_path / "cache"
     report = prepare([manifest], out, cfg, workers=2, progress=False)
-    assert report["ok"] == 4  # pancake whole, pancake window, one_pixel, bunny; the same clip is cached once
+    assert report["ok"] == 4  # long whole, long window, one_pixel, short; the same clip is cached once
     assert [s["id"] for s in report["skipped"]] == ["broken"]
     assert "empty.mp4" in report["skipped"][0]["reason"]
     assert report["no_audio"] == ["silent"]
     assert json.loads((out / "report.json").read_text()) == report
     cache = ClipCache(out, cfg)
-    video, audio, info = cache.get(clip_key(str(SAMPLES / "flipping_a_pancake.mkv"), 4.0, 8.0))
+    video, audio, info = cache.get(clip_key(str(media.path("long")), 4.0, 8.0))
     assert video.shape == (cfg.num_frames, 3, 32, 32) and video.dtype == np.uint8
     assert audio.shape == (cfg.n_mels, cfg.audio_frames) and info["has_audio"]
 
 
-def test_prepare_is_resumable_and_survives_a_torn_write(manifest, tmp_path, monkeypatch):
+def test_prepare_is_resumable_and_survives_a_torn_write(manifest, media, tmp_path, monkeypatch):
     cfg = MirasolConfig.preset("tiny")
     out = tmp_path / "cache"
     prepare([manifest], out, cfg, workers=1, progress=False)
@@ -67,7 +64,7 @@ def test_prepare_is_resumable_and_survives_a_torn_write(manifest, tmp_path, monk
     real = cache_mod._decode
     monkeypatch.setattr(cache_mod, "_decode", lambda job: calls.append(job) or real(job))
     extra = tmp_path / "more.jsonl"
-    extra.write_text(json.dumps({"id": "new", "video": str(SAMPLES / "example3.mp4"), "task": "caption",
+    extra.write_text(json.dumps({"id": "new", "video": str(media.path("fits")), "task": "caption",
                                  "answer": "x"}) + "\n")
     report = prepare([manifest, extra], out, cfg, workers=1, progress=False)
     assert [job[0].id for job in calls] == ["new"]  # nothing done twice, failures not retried
@@ -104,7 +101,7 @@ def test_dataset_and_collate_build_model_batches(manifest, tmp_path):
     assert batch["video"].shape == (4, cfg.num_frames, 3, 32, 32) and batch["video"].dtype == torch.float32
     assert 0 <= batch["video"].min() and batch["video"].max() <= 1
     assert batch["audio"].shape == (4, cfg.n_mels, cfg.audio_frames)
-    # the bunny clip lasts 1 s: of the tiny preset's four 1 s chunks, the last three are padding
+    # the short clip lasts 1 s: of the tiny preset's four 1 s chunks, the last three are padding
     assert batch["chunk_mask"].tolist() == [[True] * 4, [True] * 4, [True] * 4, [True, False, False, False]]
     for row, it in enumerate(items):
         slot = batch["media_index"][row]

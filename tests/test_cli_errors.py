@@ -16,11 +16,10 @@ import torch
 
 from mirasol.cli import main
 from mirasol.data.cache import ClipCache, clip_key
-from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.data.manifest import ManifestError
-from mirasol.model import Mirasol
-from mirasol.run_dir import write_run_files
 from mirasol.run_config import load_run_config
+
+from conftest import make_run
 
 FAST = ["train.batch_size=2", "train.max_steps=2", "train.eval_every=0", "train.plots=false",
         "train.questions_per_clip=1"]
@@ -69,15 +68,9 @@ def files(tmp_path_factory):
     (d / "videos").mkdir()
 
     # a finished run as `mirasol train` leaves it (untrained weights are enough to load)
-    run_cfg = load_run_config("tiny")
-    tok = MirasolTokenizer.train(["what color is it? red green"], vocab_size=run_cfg.model.vocab_size)
-    run = d / "run"
-    write_run_files(run, run_cfg.to_dict(), tok, {"labels": [], "answer_prior": {}, "num_samples": 0})
-    Mirasol(run_cfg.model).save_pretrained(run)
-    f["run"] = str(run)
+    f["run"] = str(make_run(d / "run", ["what color is it? red green"]))
     # the same run with its weights file damaged
-    damaged = d / "damaged_run"
-    write_run_files(damaged, run_cfg.to_dict(), tok, {"labels": [], "answer_prior": {}})
+    damaged = make_run(d / "damaged_run", ["what color is it? red green"])
     (damaged / "model.safetensors").write_bytes(b"\x00" * 100)
     f["damaged_run"] = str(damaged)
     (d / "not_a_run").mkdir()

@@ -84,15 +84,16 @@ def test_every_event_lands_in_its_chunk(world):
             chunk = audio[:, 100 * t: 100 * (t + 1)]
             loud = chunk.max() > SILENCE + 1.0
             assert loud == (t in spec["tones"] or t == spec["noise"] or t in spec["chirps"]), (spec["clip"], t)
-            if t in spec["tones"]:
-                pitch = spec["pitches"][spec["tones"].index(t)]
-                peak = int(chunk.max(axis=1).argmax())
-                assert abs(peak - _expected_bin(lw.PITCHES[pitch], cfg)) <= 1, (spec["clip"], t, pitch, peak)
-                # and inside the chunk at the seconds the metadata gives (0.25-0.65 s)
-                frames_on = np.nonzero(chunk[peak] > SILENCE + 1.0)[0]
-                assert 15 <= frames_on.min() <= 35 and 55 <= frames_on.max() <= 75
-            if t == spec["noise"]:
-                assert (chunk.max(axis=1) > SILENCE + 1.0).mean() > 0.8  # broadband
+        assert spec["tones"] and len(spec["tones"]) == len(spec["pitches"])
+        for t, pitch in zip(spec["tones"], spec["pitches"]):  # tones peak in their pitch's band
+            chunk = audio[:, 100 * t: 100 * (t + 1)]
+            peak = int(chunk.max(axis=1).argmax())
+            assert abs(peak - _expected_bin(lw.PITCHES[pitch], cfg)) <= 1, (spec["clip"], t, pitch, peak)
+            # and inside the chunk at the seconds the metadata gives (0.25-0.65 s)
+            frames_on = np.nonzero(chunk[peak] > SILENCE + 1.0)[0]
+            assert 15 <= frames_on.min() <= 35 and 55 <= frames_on.max() <= 75
+        noise = audio[:, 100 * spec["noise"]: 100 * (spec["noise"] + 1)]
+        assert (noise.max(axis=1) > SILENCE + 1.0).mean() > 0.8  # broadband
 
 
 def test_cli_writes_the_long_world_and_keeps_clips(tmp_path, capsys):

@@ -88,8 +88,7 @@ def test_errors_name_file_line_and_key(tmp_path, line, key, fragment):
     assert err.line == 3 and err.key == key and err.path == str(m)
     msg = str(err)
     assert "bad.jsonl:3" in msg and fragment in msg
-    if key:
-        assert f"'{key}'" in msg
+    assert key is None or f"'{key}'" in msg  # the key, where there is one, is named
 
 
 def test_duplicate_ids(tmp_path):

@@ -3,17 +3,13 @@
 import pytest
 import torch
 
-from conftest import media_batch
+from conftest import SLOW_TIMEOUT_S, answer_batch, media_batch, tiny
 from mirasol import Mirasol, MirasolConfig
 from mirasol.model import IGNORE_INDEX, split_chunks
 from mirasol.model.av_model import block_causal_mask
 from mirasol.model.generation import left_pad
 
 COMBINERS = ["transformer", "ttm"]
-
-
-def tiny(**kw):
-    return MirasolConfig.preset("tiny", **kw)
 
 
 def perturb_chunk(cfg, video, audio, t):
@@ -307,6 +303,7 @@ def test_gated_cross_attention_starts_closed():
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.timeout(SLOW_TIMEOUT_S)  # 150 optimizer steps: minutes where other processes share the CPU
 @pytest.mark.parametrize("combiner", COMBINERS)
 def test_tiny_model_overfits_a_fixed_batch(combiner):
     """Four clips whose answers depend on the media: the model must learn to read them."""
@@ -316,12 +313,7 @@ def test_tiny_model_overfits_a_fixed_batch(combiner):
     video, audio = media_batch(cfg, batch=4, seed=3)
     prompt = [1, 40, 41, 3]  # the same question for every clip: only the media tells answers apart
     answers = [[50, 51], [52], [53, 54, 55], [56]]
-    seqs = [prompt + a + [cfg.eos_token_id] for a in answers]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for i, s in enumerate(seqs):
-        labels[i, len(prompt) : len(s)] = ids[i, len(prompt) : len(s)]
+    ids, labels = answer_batch(cfg, answers, prompt)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     first = None
     for _ in range(150):

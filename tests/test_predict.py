@@ -49,17 +49,19 @@ def test_options_rows_are_scored_in_batches_with_the_same_answers_as_one_by_one(
     answers = predict(model, tok, video, audio, prompt_ids, samples, labels=LABELS, media_index=media_index)
     # three option sets: (beeps, noise) x 2 rows, the labels x 2 rows, (square, circle, triangle) x 1 row
     assert sorted(calls) == [1, 2, 2]
-    for i, s in enumerate(samples):
-        options = s.choices or (LABELS if s.task == "classify" else None)
+    options = [s.choices or (LABELS if s.task == "classify" else None) for s in samples]
+    chosen = [i for i, o in enumerate(options) if o]
+    free = [i for i, o in enumerate(options) if not o]
+    assert chosen and free  # both kinds of row are checked
+    for i in chosen:  # answered by scoring the options
         clip = media_index[i:i + 1]
-        if options:
-            scores = model.score_candidates(video[clip], audio[clip], prompt_ids[i:i + 1],
-                                            [tok.encode_candidates(options)], append_eos=False)
-            assert answers[i] == options[int(scores[0].argmax())]
-            assert answers[i] in options
-        else:
-            out = model.generate(video[clip], audio[clip], prompt_ids[i:i + 1], max_new_tokens=24)
-            assert answers[i] == tok.decode_answer(out[0].tolist())
+        scores = model.score_candidates(video[clip], audio[clip], prompt_ids[i:i + 1],
+                                        [tok.encode_candidates(options[i])], append_eos=False)
+        assert answers[i] == options[i][int(scores[0].argmax())]
+    for i in free:  # answered by generation
+        clip = media_index[i:i + 1]
+        out = model.generate(video[clip], audio[clip], prompt_ids[i:i + 1], max_new_tokens=24)
+        assert answers[i] == tok.decode_answer(out[0].tolist())
     alone = [predict(model, tok, video, audio, prompt_ids[i:i + 1], [s], labels=LABELS,
                      media_index=media_index[i:i + 1])[0] for i, s in enumerate(samples)]
     assert alone == answers

@@ -21,19 +21,13 @@ from mirasol.serve.app import create_app, is_loopback  # noqa: E402
 from mirasol.serve.evidence import chunk_evidence, prompt_ids, segments  # noqa: E402
 from mirasol.serve.latent_cache import LatentCache, entry_key  # noqa: E402
 from mirasol.serve.service import Limits, Service  # noqa: E402
-from serve_testing import PYTHON, SAMPLES, make_run, sample, wait_ready  # noqa: E402
-
-CHUNKS = {"example3.mp4": 2, "flipping_a_pancake.mkv": 11, "no_duration.webm": 5, "one_pixel.mp4": 5}
+from serve_testing import PYTHON, run, wait_ready  # noqa: E402,F401 (run: a fixture)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("serve_run"))
-
-
-@pytest.fixture(scope="module")
-def service(run, tmp_path_factory):
-    return Service(run, tmp_path_factory.mktemp("serve_cache"), examples=SAMPLES if SAMPLES.exists() else None)
+def service(run, media, tmp_path_factory):
+    """The service of one media source, with that source's folder of videos as its examples."""
+    return Service(run, tmp_path_factory.mktemp("serve_cache"), examples=media.folder)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +35,15 @@ def client(service):
     return TestClient(create_app(service))
 
 
-def upload(client, name: str, data: bytes | None = None, **kw):
-    data = sample(name).read_bytes() if data is None else data
+def upload(client, video, data: bytes | None = None, **kw):
+    """POST /videos with the file `video` (a path), or with `data` under the name `video`."""
+    name = getattr(video, "name", video)
+    data = video.read_bytes() if data is None else data
     return client.post("/videos", files={"file": (name, data, "application/octet-stream")}, **kw)
 
 
-def encoded(client, name: str) -> dict:
-    r = upload(client, name)
+def encoded(client, path) -> dict:
+    r = upload(client, path)
     assert r.status_code in (200, 202), r.text
     status = wait_ready(client, r.json()["id"])
     assert status["state"] == "ready", status
@@ -60,13 +56,12 @@ def test_info_lists_the_families_to_choose_among(client):
     assert trained["families_with_answers"] == ["color"] and trained["max_answer_tokens"] == 3
 
 
-def test_health_info_page_and_docs(client, service):
+def test_health_info_page_and_docs(client, media):
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/info").json()
     assert info["combiner"] == "transformer" and info["chunk_seconds"] == 1.0
     assert info["trained_on"]["families"] == ["color", "shape"] and info["limits"]["max_seconds"] == 600
-    videos = sorted(p.name for p in SAMPLES.glob("*") if p.suffix in (".mp4", ".mkv", ".webm", ".avi", ".mov"))
-    assert info["examples"] == videos  # the examples folder's videos (none where the shared samples are missing)
+    assert info["examples"] == sorted(f.name for f in media.files())  # the examples folder's videos
     page = client.get("/")
     assert page.status_code == 200 and 'id="timeline"' in page.text and 'id="ask"' in page.text
     assert client.get("/docs").status_code == 200
@@ -75,29 +70,30 @@ def test_health_info_page_and_docs(client, service):
             "/videos/{video_id}/chunks/{index}.png", "/examples/{name}", "/examples/{name}/video"} <= paths
 
 
-def test_upload_once_ask_many_as_mirasol_ask_answers(client, service, run, capsys):
+def test_upload_once_ask_many_as_mirasol_ask_answers(client, run, media, capsys):
     """An upload is encoded once by streaming; its answers are those of `mirasol ask --whole`."""
     from mirasol.ask import ask_stream
 
-    first = upload(client, "flipping_a_pancake.mkv")
+    long, facts = media.path("long"), media.facts("long")
+    n = facts.tiny_chunks()  # 11
+    first = upload(client, long)
     assert first.status_code == 202 and first.json()["state"] in ("queued", "encoding")
     vid = first.json()["id"]
     status = wait_ready(client, vid)
-    assert status["state"] == "ready" and status["chunks_done"] == status["chunks_total"] == 11
-    assert [c["start"] for c in status["chunks"]] == [float(t) for t in range(11)]
-    again = upload(client, "flipping_a_pancake.mkv")  # the same bytes: the cache answers, same id
+    assert status["state"] == "ready" and status["chunks_done"] == status["chunks_total"] == n
+    assert [c["start"] for c in status["chunks"]] == [float(t) for t in range(n)]
+    again = upload(client, long)  # the same bytes: the cache answers, same id
     assert again.status_code == 200 and again.json() == {**first.json(), "state": "ready", "cached": True}
 
-    path = str(sample("flipping_a_pancake.mkv"))
-    [(_, expected)] = ask_stream(str(run), path, "what is cooked?", whole=True)
+    [(_, expected)] = ask_stream(str(run), str(long), "what is cooked?", whole=True)
     for _ in range(3):  # any number of questions about one encoding
         r = client.post(f"/videos/{vid}/ask", json={"question": "what is cooked?"})
         assert r.status_code == 200 and r.json()["answer"] == expected
     body = r.json()
     assert set(body) >= {"answer", "seconds", "without_audio", "without_video", "evidence"}
     segs = body["evidence"]["segments"]
-    assert [(s["first_chunk"], s["end_chunk"]) for s in segs] == [(t, t + 1) for t in range(11)]
-    assert segs[-1]["end"] == pytest.approx(10.37, abs=0.05) and all(isinstance(s["drop"], float) for s in segs)
+    assert [(s["first_chunk"], s["end_chunk"]) for s in segs] == [(t, t + 1) for t in range(n)]
+    assert segs[-1]["end"] == pytest.approx(facts.seconds, abs=0.05) and all(isinstance(s["drop"], float) for s in segs)
 
     r = client.post(f"/videos/{vid}/ask", json={"question": "what is cooked?", "choices": ["a pancake", "an egg"],
                                                 "evidence": False, "modalities": False})
@@ -108,13 +104,13 @@ def test_upload_once_ask_many_as_mirasol_ask_answers(client, service, run, capsy
     capsys.readouterr()
 
 
-def test_cached_latents_are_the_streamed_ones_and_controls_zero_a_modality(client, service):
+def test_cached_latents_are_the_streamed_ones_and_controls_zero_a_modality(client, service, media):
     from mirasol.media.chunk_reader import iter_chunks
 
-    vid = encoded(client, "example3.mp4")["id"]
+    vid = encoded(client, media.path("fits"))["id"]
     tensors, meta = service.cache.get(vid)
     session = service.model.stream()
-    for chunk in iter_chunks(sample("example3.mp4"), service.cfg):
+    for chunk in iter_chunks(media.path("fits"), service.cfg):
         session.push(chunk.video[None], chunk.audio[None])
     assert torch.allclose(tensors["full"], session.latents()[0], atol=1e-5)
     assert tensors["full"].shape[0] == tensors["no_audio"].shape[0] == tensors["no_video"].shape[0] == 2
@@ -127,13 +123,13 @@ def test_cached_latents_are_the_streamed_ones_and_controls_zero_a_modality(clien
     assert client.get(f"/videos/{vid}/chunks/x.png").status_code == 422
 
 
-def test_examples_by_name_only(client):
-    sample("one_pixel.mp4")  # skips where the shared sample media are missing
-    r = client.post("/examples/one_pixel.mp4")
+def test_examples_by_name_only(client, media):
+    example = media.file("one_pixel")
+    r = client.post(f"/examples/{example.name}")
     assert r.status_code in (200, 202)
-    assert wait_ready(client, r.json()["id"])["chunks_total"] == 5
-    video = client.get("/examples/one_pixel.mp4/video")
-    assert video.status_code == 200 and video.content == sample("one_pixel.mp4").read_bytes()
+    assert wait_ready(client, r.json()["id"])["chunks_total"] == example.facts.tiny_chunks() == 5
+    video = client.get(f"/examples/{example.name}/video")
+    assert video.status_code == 200 and video.content == example.path.read_bytes()
     for name in ("nope.mp4", "..%2F..%2Fpyproject.toml", "%2Fetc%2Fpasswd", "README.md"):
         assert client.post(f"/examples/{name}").status_code == 404
         assert client.get(f"/examples/{name}/video").status_code == 404
@@ -155,16 +151,16 @@ def test_hostile_uploads_get_422_and_the_server_keeps_serving(client, name, data
     assert client.get("/health").json()["status"] == "ok"
 
 
-def test_truncated_files(client):
-    data = sample("example3.mp4").read_bytes()
+def test_truncated_files(client, media):
+    data = media.path("fits").read_bytes()
     r = upload(client, "cut.mp4", data[: len(data) // 3])  # its index (moov) is at the end: unreadable
     assert r.status_code == 422 and "cannot read" in r.json()["detail"]
-    data = sample("flipping_a_pancake.mkv").read_bytes()
-    r = upload(client, "cut.mkv", data[:60000])  # the first seconds decode: answered about those
+    data = media.path("long").read_bytes()
+    r = upload(client, "cut.mkv", data[: len(data) // 7])  # the first seconds decode: answered about those
     assert r.status_code == 202
     status = wait_ready(client, r.json()["id"])
-    assert status["state"] == "ready" and 1 <= status["chunks_total"] < 11
-    assert encoded(client, "example3.mp4")["state"] == "ready"
+    assert status["state"] == "ready" and 1 <= status["chunks_total"] < media.facts("long").tiny_chunks()
+    assert encoded(client, media.path("fits"))["state"] == "ready"
 
 
 def test_missing_file_field_and_bad_ids(client):
@@ -176,8 +172,8 @@ def test_missing_file_field_and_bad_ids(client):
     assert client.get("/videos/..%2F..%2Fetc%2Fpasswd").status_code == 404
 
 
-def test_bad_questions(client):
-    vid = encoded(client, "example3.mp4")["id"]
+def test_bad_questions(client, media):
+    vid = encoded(client, media.path("fits"))["id"]
     url = f"/videos/{vid}/ask"
     assert client.post(url, json={"question": "x" * 501}).status_code == 422
     assert client.post(url, json={"question": "q?", "choices": ["only one"]}).status_code == 422
@@ -201,24 +197,24 @@ def test_bad_questions(client):
     assert longer.replace(" ", "").startswith(free.replace(" ", ""))
 
 
-def test_size_frame_and_duration_limits(run, tmp_path):
-    limits = Limits(max_upload_bytes=200_000, max_seconds=3.0, max_side=300)
+def test_size_frame_and_duration_limits(run, media, tmp_path):
+    big = media.path("long").read_bytes()
+    limit = len(big) // 2
+    limits = Limits(max_upload_bytes=limit, max_seconds=3.0, max_side=300)
     client = TestClient(create_app(Service(run, tmp_path / "cache", limits=limits)))
-    big = sample("flipping_a_pancake.mkv").read_bytes()  # 436 KB: over the limit by its Content-Length
-    r = upload(client, "big.mkv", big)
-    assert r.status_code == 413 and "200000" not in r.json()["detail"] and "MiB" in r.json()["detail"]
-    r = upload(client, "big.bin", b"\x00" * 200_010)  # over by a few bytes: counted while it is read
+    r = upload(client, "big.mkv", big)  # over the limit by its Content-Length
+    assert r.status_code == 413 and str(limit) not in r.json()["detail"] and "MiB" in r.json()["detail"]
+    r = upload(client, "big.bin", b"\x00" * (limit + 10))  # over by a few bytes: counted while it is read
     assert r.status_code == 413
-    r = upload(client, "example3.mp4")  # 2 s, but 1280x720 > 300
+    fits = media.file("fits")  # 2 s, but wider than 300 pixels
+    r = upload(client, fits.path)
+    assert fits.facts.width > 300
     assert r.status_code == 422 and "larger than this server's limit of 300x300" in r.json()["detail"]
-    r = upload(client, "one_pixel.mp4")  # 5 s, known from the container: refused at once
+    r = upload(client, media.path("one_pixel"))  # 5 s, known from the container: refused at once
     assert r.status_code == 422 and "at most 3 s" in r.json()["detail"]
-    r = upload(client, "no_duration.webm", sample("no_duration.webm").read_bytes()[:150_000])  # no duration: found while encoding
-    if r.status_code == 422:  # frames of 1280x720 > 300 in this file
-        assert "larger" in r.json()["detail"]
     limits = Limits(max_seconds=3.0)
     client = TestClient(create_app(Service(run, tmp_path / "cache2", limits=limits)))
-    r = upload(client, "no_duration.webm")
+    r = upload(client, media.path("no_duration"))  # 4.9 s, but no duration to refuse it by: found while encoding
     assert r.status_code == 202
     status = wait_ready(client, r.json()["id"])
     assert status["state"] == "failed" and "longer than this server's limit of 3 s" in status["error"]
@@ -227,10 +223,10 @@ def test_size_frame_and_duration_limits(run, tmp_path):
     assert client.get("/health").json()["status"] == "ok"
 
 
-def test_busy_gets_503_with_retry_after_and_not_ready_gets_409(run, tmp_path):
+def test_busy_gets_503_with_retry_after_and_not_ready_gets_409(run, media, tmp_path):
     service = Service(run, tmp_path / "cache", limits=Limits(max_pending=1, queue=1))
     client = TestClient(create_app(service))
-    vid = encoded(client, "example3.mp4")["id"]
+    vid = encoded(client, media.path("fits"))["id"]
     service.model_lock.acquire()  # the model is busy: work waits
     try:
         waiting = threading.Thread(target=lambda: client.post(f"/videos/{vid}/ask", json={"question": "q?"}))
@@ -240,11 +236,11 @@ def test_busy_gets_503_with_retry_after_and_not_ready_gets_409(run, tmp_path):
             time.sleep(0.01)
         r = client.post(f"/videos/{vid}/ask", json={"question": "q?"})
         assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
-        encoding = upload(client, "one_pixel.mp4").json()["id"]  # taken by the worker, which waits
+        encoding = upload(client, media.path("one_pixel")).json()["id"]  # taken by the worker, which waits
         while service.queue.qsize() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert upload(client, "no_duration.webm").status_code == 202  # waits in the queue of 1
-        r = upload(client, "flipping_a_pancake.mkv")
+        assert upload(client, media.path("no_duration")).status_code == 202  # waits in the queue of 1
+        r = upload(client, media.path("long"))
         assert r.status_code == 503 and "retry-after" in r.headers
         r = client.post(f"/videos/{encoding}/ask", json={"question": "q?"})
         assert r.status_code == 409 and "still being encoded" in r.json()["detail"]
@@ -255,14 +251,14 @@ def test_busy_gets_503_with_retry_after_and_not_ready_gets_409(run, tmp_path):
     assert client.post(f"/videos/{encoding}/ask", json={"question": "q?"}).status_code == 200
 
 
-def test_token(service):
+def test_token(service, media):
     client = TestClient(create_app(service, token="s3cret"))
     assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
     assert client.get("/info").status_code == 401
     assert client.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert upload(client, "example3.mp4").status_code == 401
-    vid = upload(client, "example3.mp4", headers={"Authorization": "Bearer s3cret"}).json()["id"]
+    assert upload(client, media.path("fits")).status_code == 401
+    vid = upload(client, media.path("fits"), headers={"Authorization": "Bearer s3cret"}).json()["id"]
     assert client.get(f"/videos/{vid}?token=s3cret").status_code == 200  # images on the page use ?token=
     assert client.post(f"/videos/{vid}/ask", json={"question": "q?"}).status_code == 401
 
@@ -325,7 +321,7 @@ def test_evidence_hides_exactly_one_chunk(service):
     runs = segments(200)
     assert len(runs) == 64 and runs[0][0] == 0 and runs[-1][1] == 200
     assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
-    assert json.dumps(found)  # JSON-ready
+    assert json.loads(json.dumps(found, allow_nan=False)) == found  # JSON-ready: plain lists, dicts, numbers
 
 
 # --- the Gradio page (gradio_page.py; the serve-gradio extra) -------------------------------------
@@ -349,36 +345,37 @@ def test_gradio_page_is_mounted_on_the_same_app(gradio_client, service):
     assert gradio_client.app.state.service is service  # one service: one model load
 
 
-def test_gradio_callbacks_answer_with_controls_and_timeline(gradio_client, service):
+def test_gradio_callbacks_answer_with_controls_and_timeline(gradio_client, service, media):
     """The functions behind the page's callbacks, on plain values, as the page calls them."""
     from mirasol.serve.gradio_page import NO_FAMILY, PageActions, gallery_items, timeline_html
 
-    sample("example3.mp4")  # skips where the shared sample media are missing
+    long, example = media.file("long"), media.file("fits")
+    n = long.facts.tiny_chunks()  # 11
     actions = PageActions(service)
-    assert actions.families() == ["color"] and "example3.mp4" in actions.examples()
+    assert actions.families() == ["color"] and example.name in actions.examples()
     assert "error" in actions.use_example("../etc/passwd") and "error" in actions.ask(None, "q?")
-    submitted = actions.use_upload(str(sample("flipping_a_pancake.mkv")))
-    assert submitted["state"] in ("queued", "encoding", "ready") and "flipping_a_pancake.mkv" in submitted["message"]
+    submitted = actions.use_upload(str(long.path))
+    assert submitted["state"] in ("queued", "encoding", "ready") and long.name in submitted["message"]
     deadline = time.monotonic() + 60
     while not (progress := actions.progress(submitted["id"]))["done"]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert progress["message"] == "ready: flipping_a_pancake.mkv, 11 chunks"
+    assert progress["message"] == f"ready: {long.name}, {n} chunks"
     out = actions.ask(submitted["id"], "what is cooked?", "a pancake, an egg", NO_FAMILY)
     api = service.ask(submitted["id"], "what is cooked?", ["a pancake", "an egg"])
     assert out["answer"] == api["answer"] and out["answer"] in ("a pancake", "an egg")
     assert out["without_audio"] in ("a pancake", "an egg") and out["without_video"] in ("a pancake", "an egg")
     assert out["time"].startswith("answered in ")
-    assert [t["index"] for t in out["timeline"]] == list(range(11))
+    assert [t["index"] for t in out["timeline"]] == list(range(n))
     assert [t["drop"] for t in out["timeline"]] == pytest.approx([s["drop"] for s in api["evidence"]["segments"]])
     assert all(t["png"] == service.thumbnail(submitted["id"], t["index"]) for t in out["timeline"])
     strip = timeline_html(out["timeline"])
-    assert strip.count('class="mirasol-chunk"') == 11 and "data:image/png;base64," in strip
-    assert [im.size for im, _ in gallery_items(out["timeline"])] == [(32, 32)] * 11
+    assert strip.count('class="mirasol-chunk"') == n and "data:image/png;base64," in strip
+    assert [im.size for im, _ in gallery_items(out["timeline"])] == [(32, 32)] * n
     assert actions.ask(submitted["id"], "what color?", None, "color")["answer"] in ("green", "red")
     assert "at least two choices" in actions.ask(submitted["id"], "q?", "only one")["error"]
-    example = actions.use_example("example3.mp4")
-    assert example["video"].endswith("example3.mp4") and "example3.mp4" in example["message"]
+    chosen = actions.use_example(example.name)
+    assert chosen["video"].endswith(example.name) and example.name in chosen["message"]
 
 
 def test_gradio_with_a_token_asks_for_it_as_password(service):

@@ -20,25 +20,19 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install -e '.[serve-test]'")
 
-from serve_testing import PYTHON, SAMPLES, free_port, make_run, rss_mb, sample, start_server, stop, wait_ready  # noqa: E402
+from serve_testing import (PYTHON, free_port, rss_mb, run, start_server, stop,  # noqa: E402,F401 (run: a fixture)
+                           wait_ready)
 
-LOAD_VIDEOS = ["example3.mp4", "flipping_a_pancake.mkv", "no_duration.webm", "test.avi"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("serve_run"))
+LOAD_ROLES = ["fits", "long", "no_duration", "longer"]
 
 
 @pytest.fixture(scope="module")
-def server(run, tmp_path_factory):
-    """`mirasol serve` on a free port of 127.0.0.1, with the sample videos as examples."""
-    if not SAMPLES.exists():
-        pytest.skip(f"sample media folder {SAMPLES} is missing")
+def server(run, media, tmp_path_factory):
+    """`mirasol serve` on a free port of 127.0.0.1, with one media source's videos as examples."""
     work = tmp_path_factory.mktemp("serve_live")
     port = free_port()
     proc = start_server(["-m", "mirasol.cli", "serve", "--run", str(run), "--port", str(port),
-                         "--cache", str(work / "cache"), "--examples", str(SAMPLES)], port, work / "server.log")
+                         "--cache", str(work / "cache"), "--examples", str(media.folder)], port, work / "server.log")
     yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log": work / "server.log"}
     stop(proc)
 
@@ -69,12 +63,14 @@ def screenshot(page, shot: Path) -> None:
     print(f"screenshot: {shot}")
 
 
-def test_the_page_in_a_real_browser(server, tmp_path):
+def test_the_page_in_a_real_browser(server, media, tmp_path):
     """Headless Chromium opens the page, uploads a video, asks, reads the answer and the timeline,
     then picks an example; a screenshot is saved in the test's tmp folder."""
     from playwright.sync_api import expect, sync_playwright
 
     exe = chromium()
+    long, example = media.file("long"), media.file("fits")
+    n = long.facts.tiny_chunks()  # 11
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         try:
@@ -83,9 +79,9 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server["url"] + "/")
             expect(page.locator("#run")).to_contain_text("transformer combiner")
-            page.set_input_files("#file", str(sample("flipping_a_pancake.mkv")))
+            page.set_input_files("#file", str(long.path))
             expect(page.locator("#progress")).to_contain_text("ready", timeout=60_000)
-            expect(page.locator("#timeline .chunk")).to_have_count(11)
+            expect(page.locator("#timeline .chunk")).to_have_count(n)
             page.fill("#question", "what is cooked?")
             page.fill("#choices", "a pancake, an egg")
             page.click("#ask")
@@ -95,17 +91,18 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             assert page.inner_text("#no-audio") in ("a pancake", "an egg")
             assert page.inner_text("#no-video") in ("a pancake", "an egg")
             chunks = page.locator("#timeline .chunk")
-            expect(chunks).to_have_count(11)
-            drops = [float(chunks.nth(i).get_attribute("data-drop")) for i in range(11)]
+            expect(chunks).to_have_count(n)
+            drops = [float(chunks.nth(i).get_attribute("data-drop")) for i in range(n)]
             page.wait_for_function("Array.from(document.querySelectorAll('#timeline img'))"
                                    ".every(i => i.complete && i.naturalWidth === 32)")
             # what the page shows is what the API answers
             same_as_the_api(server["url"], page.evaluate("videoId"), answer, drops)
             screenshot(page, tmp_path / "serve_page.png")
 
-            page.select_option("#example", "example3.mp4")  # an example, played from the server
+            page.select_option("#example", example.name)  # an example, played from the server
             page.click("#use-example")
-            expect(page.locator("#progress")).to_contain_text("ready: example3.mp4, 2 chunks", timeout=60_000)
+            expect(page.locator("#progress")).to_contain_text(
+                f"ready: {example.name}, {example.facts.tiny_chunks()} chunks", timeout=60_000)
             page.wait_for_function("document.getElementById('player').readyState >= 1")
             assert errors == []
         finally:
@@ -113,7 +110,7 @@ def test_the_page_in_a_real_browser(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_load_32_clients_4_videos(server, tmp_path):
+def test_load_32_clients_4_videos(server, media, tmp_path):
     """32 clients at once, each asking 4 questions (with evidence and both controls, as the page
     asks) about 4 videos; a 503 is retried after its Retry-After. Nothing is lost, nothing
     crashes, the server's memory stays bounded. Two rounds of the same load; the figures go to
@@ -121,8 +118,8 @@ def test_load_32_clients_4_videos(server, tmp_path):
     url, proc = server["url"], server["proc"]
     with httpx.Client(base_url=url, timeout=120) as c:
         ids = []
-        for name in LOAD_VIDEOS:
-            r = c.post("/videos", files={"file": (name, sample(name).read_bytes())})
+        for path in map(media.path, LOAD_ROLES):
+            r = c.post("/videos", files={"file": (path.name, path.read_bytes())})
             assert r.status_code in (200, 202), r.text
             ids.append(r.json()["id"])
         for vid in ids:
@@ -192,10 +189,11 @@ def _cache_files(cache: Path) -> tuple[list[str], list[str]]:
             sorted(p.name for p in latents.glob("*.part")) if latents.exists() else [])
 
 
-def test_kill_9_during_encoding_leaves_no_half_entry(run, tmp_path):
+def test_kill_9_during_encoding_leaves_no_half_entry(run, generated_media, tmp_path):
     """Kill -9 the server while it encodes an upload, then while the cache writes an entry; start
     it again: no half-written entry, and the same upload is encoded and answered."""
-    name = "flipping_a_pancake.mkv"  # 11 chunks
+    long = generated_media.file("long")
+    name, data = long.name, long.path.read_bytes()  # 11 chunks
     cache = tmp_path / "cache"
     port = free_port()
     slow = ("import sys, uvicorn; from mirasol.serve.app import create_app; from mirasol.serve.service import Service; "
@@ -204,7 +202,7 @@ def test_kill_9_during_encoding_leaves_no_half_entry(run, tmp_path):
     proc = start_server(["-c", slow, str(run), str(cache), str(port)], port, tmp_path / "server1.log")
     try:
         url = f"http://127.0.0.1:{port}"
-        vid = httpx.post(url + "/videos", files={"file": (name, sample(name).read_bytes())}, timeout=60).json()["id"]
+        vid = httpx.post(url + "/videos", files={"file": (name, data)}, timeout=60).json()["id"]
         deadline = time.monotonic() + 60
         while httpx.get(f"{url}/videos/{vid}", timeout=10).json()["chunks_done"] < 3:
             assert time.monotonic() < deadline
@@ -235,16 +233,16 @@ def test_kill_9_during_encoding_leaves_no_half_entry(run, tmp_path):
     try:
         assert _cache_files(cache) == ([], [])  # the temporary file was removed at start-up
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-            r = c.post("/videos", files={"file": (name, sample(name).read_bytes())})
+            r = c.post("/videos", files={"file": (name, data)})
             assert r.status_code == 202 and r.json()["id"] == vid  # not cached: encoded again
-            assert wait_ready(c, vid)["chunks_total"] == 11
+            assert wait_ready(c, vid)["chunks_total"] == long.facts.tiny_chunks()
             assert c.post(f"/videos/{vid}/ask", json={"question": "what is cooked?"}).status_code == 200
         assert _cache_files(cache) == ([f"{vid}.safetensors"], [])
     finally:
         stop(proc)
 
 
-def test_the_gradio_page_in_a_real_browser(server, tmp_path):
+def test_the_gradio_page_in_a_real_browser(server, media, tmp_path):
     """Headless Chromium opens the Gradio page (/gradio, mounted on the same server), uploads a
     video, watches the encoding finish, asks, reads the answer, both controls and the timeline,
     then picks an example; nothing is loaded from anywhere but the server. Screenshot in tmp."""
@@ -257,6 +255,8 @@ def test_the_gradio_page_in_a_real_browser(server, tmp_path):
     if not info["pages"]["/gradio"].startswith("mounted"):
         pytest.skip(f"the Gradio page is {info['pages']['/gradio']}")
     local = server["url"] + "/"
+    long, example = media.file("long"), media.file("fits")
+    n = long.facts.tiny_chunks()  # 11
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         try:
@@ -274,9 +274,9 @@ def test_the_gradio_page_in_a_real_browser(server, tmp_path):
             page.route("**/*", only_local)
             page.goto(server["url"] + "/gradio/")
             expect(page.locator("#mirasol-run")).to_contain_text("transformer combiner", timeout=30_000)
-            page.set_input_files("#mirasol-video input[type=file]", str(sample("flipping_a_pancake.mkv")))
+            page.set_input_files("#mirasol-video input[type=file]", str(long.path))
             expect(page.locator("#mirasol-progress textarea")).to_have_value(
-                "ready: flipping_a_pancake.mkv, 11 chunks", timeout=60_000)
+                f"ready: {long.name}, {n} chunks", timeout=60_000)
             page.fill("#mirasol-question textarea", "what is cooked?")
             page.fill("#mirasol-choices textarea", "a pancake, an egg")
             page.click("#mirasol-ask")
@@ -286,24 +286,24 @@ def test_the_gradio_page_in_a_real_browser(server, tmp_path):
             assert page.locator("#mirasol-no-audio textarea").input_value() in ("a pancake", "an egg")
             assert page.locator("#mirasol-no-video textarea").input_value() in ("a pancake", "an egg")
             chunks = page.locator("#mirasol-strip .mirasol-chunk")
-            expect(chunks).to_have_count(11)
-            drops = [float(chunks.nth(i).get_attribute("data-drop")) for i in range(11)]
-            expect(page.locator("#mirasol-gallery img")).to_have_count(11)
+            expect(chunks).to_have_count(n)
+            drops = [float(chunks.nth(i).get_attribute("data-drop")) for i in range(n)]
+            expect(page.locator("#mirasol-gallery img")).to_have_count(n)
             page.wait_for_function("Array.from(document.querySelectorAll('#mirasol-gallery img, #mirasol-strip img'))"
                                    ".every(i => i.complete && i.naturalWidth === 32)")
             # what the page shows is what the API answers
             status = httpx.get(server["url"] + "/info").json()
             assert status["pages"]["/gradio"] == "mounted at /gradio"
             vid = httpx.post(server["url"] + "/videos", timeout=60, files={
-                "file": ("x.mkv", sample("flipping_a_pancake.mkv").read_bytes())}).json()["id"]  # cached: same id
+                "file": ("x.mkv", long.path.read_bytes())}).json()["id"]  # cached: same id
             same_as_the_api(server["url"], vid, answer, drops)
             screenshot(page, tmp_path / "serve_gradio_page.png")
 
             page.locator("#mirasol-example input").click()  # an example, played from the server
-            page.get_by_role("option", name="example3.mp4").click()
+            page.get_by_role("option", name=example.name).click()
             page.click("#mirasol-use-example")
             expect(page.locator("#mirasol-progress textarea")).to_have_value(
-                re.compile(r"^ready: example3\.mp4, \d+ chunks$"), timeout=60_000)
+                re.compile(rf"^ready: {re.escape(example.name)}, \d+ chunks$"), timeout=60_000)
             page.wait_for_function("document.querySelector('#mirasol-video video') !== null && "
                                    "document.querySelector('#mirasol-video video').readyState >= 1")
             assert errors == [] and elsewhere == [], (errors, elsewhere)

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_at_checkpoint
+from conftest import CPU_RUN, kill_at_checkpoint
 from mirasol.config import MirasolConfig
 from mirasol.data import shards
 from mirasol.data.manifest import read_manifest
 from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 
 CFG = MirasolConfig.preset("tiny")
-CPU_RUN = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(scope="module")

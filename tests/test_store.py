@@ -3,7 +3,7 @@ corrupt rows, cache folders keyed by media settings and format, and store "none"
 
 import hashlib
 import json
-from pathlib import Path
+import zlib
 
 import numpy as np
 import pytest
@@ -21,21 +21,18 @@ from mirasol.data.tokenizer import MirasolTokenizer, tokenizer_texts
 from mirasol.data.manifest import read_manifest
 from mirasol.run_config import config_keys_help, load_run_config
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "media"
-REAL = ["example3.mp4", "big_buck_bunny_432_433.webm", "no_duration.webm", "flipping_a_pancake.mkv"]
+ROLES = ["fits", "short", "no_duration", "long"]  # one row each, in this order
 
 
 @pytest.fixture
-def manifest(tmp_path):
-    if not all((SAMPLES / name).exists() for name in REAL):
-        pytest.skip(f"{SAMPLES} not found")
+def manifest(tmp_path, media):
     (tmp_path / "empty.mp4").write_bytes(b"")
-    rows = [{"id": name, "video": str(SAMPLES / name), "task": "qa", "question": "what?", "answer": name[:4]}
-            for name in REAL]
-    rows.insert(1, {"id": "window", "video": str(SAMPLES / "flipping_a_pancake.mkv"), "start": 4.0, "end": 8.0,
+    rows = [{"id": role, "video": str(media.path(role)), "task": "qa", "question": "what?", "answer": role[:4]}
+            for role in ROLES]
+    rows.insert(1, {"id": "window", "video": str(media.path("long")), "start": 4.0, "end": 8.0,
                     "task": "caption", "answer": "a pancake"})
-    rows.append({"id": "again", "video": str(SAMPLES / "example3.mp4"), "task": "classify", "answer": "ex"})
-    rows.append({"id": "silent", "video": str(SAMPLES / "one_pixel.mp4"), "task": "classify", "answer": "pixel"})
+    rows.append({"id": "again", "video": str(media.path("fits")), "task": "classify", "answer": "ex"})
+    rows.append({"id": "silent", "video": str(media.path("one_pixel")), "task": "classify", "answer": "pixel"})
     rows.append({"id": "broken", "video": str(tmp_path / "empty.mp4"), "task": "classify", "answer": "none"})
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -98,8 +95,7 @@ def test_compressed_store_resumes_after_a_torn_write(manifest, tmp_path, monkeyp
     real = cache_mod._decode
     monkeypatch.setattr(cache_mod, "_decode", lambda job: calls.append(job) or real(job))
     report = prepare([manifest], out, CFG, workers=1, progress=False, store=store)
-    assert sorted(job[0].id for job in calls) == sorted(["no_duration.webm", "flipping_a_pancake.mkv", "silent",
-                                                         "broken"])
+    assert sorted(job[0].id for job in calls) == sorted(["no_duration", "long", "silent", "broken"])
     assert report["ok"] == 6
     cache = ClipCache(out, CFG)
     assert (out / "video.bin").read_bytes()[: len(blob)] == blob  # the torn bytes were cut, not kept
@@ -111,19 +107,20 @@ def test_compressed_store_resumes_after_a_torn_write(manifest, tmp_path, monkeyp
         assert cache.get(key)[0].shape == (CFG.num_frames, 3, 32, 32)
 
 
-def test_corrupt_compressed_row_names_the_cache_and_the_clip(manifest, tmp_path):
+def test_corrupt_compressed_row_names_the_cache_and_the_clip(manifest, media, tmp_path):
     out = tmp_path / "cache"
     prepare([manifest], out, CFG, workers=1, progress=False, store="h264")
-    key = clip_key(str(SAMPLES / "no_duration.webm"), None, None)
+    name = media.path("no_duration").name
+    key = clip_key(str(media.path("no_duration")), None, None)
     entry = ClipCache(out, CFG).index[key]
     with open(out / "video.bin", "r+b") as f:  # a flipped disk block in the middle of that row
         f.seek(entry["offset"] + entry["size"] // 2)
         f.write(b"\xff" * 64)
     cache = ClipCache(out, CFG)
-    with pytest.raises(CacheError, match=r"corrupt.*no_duration\.webm") as err:
+    with pytest.raises(CacheError, match=r"corrupt.*" + name.replace(".", r"\.")) as err:
         cache.get(key)
     assert str(out) in str(err.value) and "mirasol prepare" in str(err.value)
-    other = clip_key(str(SAMPLES / "example3.mp4"), None, None)
+    other = clip_key(str(media.path("fits")), None, None)
     assert cache.get(other)[0].shape == (CFG.num_frames, 3, 32, 32)  # other rows still read
     # bytes that match their checksum but are not a stream of the format (e.g. a wrong format)
     lines = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
@@ -132,14 +129,12 @@ def test_corrupt_compressed_row_names_the_cache_and_the_clip(manifest, tmp_path)
     with open(out / "video.bin", "r+b") as f:
         f.seek(entry["offset"])
         f.write(garbage)
-    for line in lines:
-        if line["key"] == key:
-            import zlib
-            line["crc32"] = zlib.crc32(garbage)
+    [line] = [line for line in lines if line["key"] == key]
+    line["crc32"] = zlib.crc32(garbage)
     (out / "index.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(CacheError, match=r"does not decode.*|corrupt") as err:
         ClipCache(out, CFG).get(key)
-    assert "no_duration.webm" in str(err.value) and str(out) in str(err.value)
+    assert name in str(err.value) and str(out) in str(err.value)
 
 
 def test_cache_folder_is_keyed_by_media_settings_and_format(tmp_path):

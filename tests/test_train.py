@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import kill_at_checkpoint
+from conftest import CPU_RUN, kill_at_checkpoint
 from mirasol.config import ConfigError, MirasolConfig
 from mirasol.run_config import DataConfig, TrainConfig, load_run_config
 from mirasol.train.schedule import lr_factor
@@ -21,21 +21,9 @@ FAST = ["train.batch_size=8", "train.max_steps=6", "train.save_every=2", "train.
         "train.log_every=1", "train.warmup_steps=2", "train.plots=false", "model.mask_ratio=0.25"]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mirasol.corpora.synth import synthesize
-
-    out = tmp_path_factory.mktemp("world")
-    synthesize(out, num=20, seed=1)
-    return out
-
-
-# The training runs here are CPU runs, also on a machine with GPUs: the equalities asserted below
-# (resume, 2 gloo processes against one) are those of the CPU's fp32 kernels, and a one-GPU
+# The training runs here are CPU runs (CPU_RUN), also on a machine with GPUs: the equalities asserted
+# below (resume, 2 gloo processes against one) are those of the CPU's fp32 kernels, and a one-GPU
 # machine cannot host two processes of their own.
-CPU_RUN = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-
-
 def run_cli(*args, env=None, **kw):
     env = {**os.environ, **CPU_RUN, **(env or {})}
     return subprocess.run([sys.executable, "-m", "mirasol.cli", *args], capture_output=True, text=True, env=env, **kw)

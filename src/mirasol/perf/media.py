@@ -294,6 +294,9 @@ def bench_uniform(seconds: float = 180.0, size: tuple[int, int] = (1920, 1080), 
 # 7. store
 
 REAL_INPUTS = ("example3.mp4", "big_buck_bunny_432_433.webm", "no_duration.webm", "flipping_a_pancake.mkv")
+# Where the real files are absent: files of the same lengths (seconds) and sizes, written here.
+GENERATED_INPUTS = {"2s_854x480.mp4": (2.0, (854, 480)), "1s_1280x720.mp4": (1.0, (1280, 720)),
+                    "5s_1280x720.mp4": (4.9, (1280, 720)), "10s_426x240.mp4": (10.4, (426, 240))}
 # candidate -> (store format, encoder keyword arguments); gop None = one key frame per chunk
 STORE_CANDIDATES = {
     "h264 crf18 444 gop=chunk": ("h264", dict(crf=18, pix_fmt="yuv444p")),
@@ -307,12 +310,25 @@ STORE_CANDIDATES = {
 
 
 def real_media_dir() -> Path | None:
-    """The real sample videos, if present: MIRASOL_MEDIA_DIR, else ../shared/samples/media from the
-    working directory (a samples folder beside the checkout)."""
-    for path in (os.environ.get("MIRASOL_MEDIA_DIR"), "../shared/samples/media"):
+    """The real sample videos, if present: MIRASOL_MEDIA_DIR, else the media/ folder of
+    MIRASOL_SAMPLES (the samples folder the tests also read)."""
+    samples = os.environ.get("MIRASOL_SAMPLES")
+    for path in (os.environ.get("MIRASOL_MEDIA_DIR"), samples and os.path.join(samples, "media")):
         if path and all((Path(path) / name).exists() for name in REAL_INPUTS):
             return Path(path).resolve()  # the copies made from it live elsewhere
     return None
+
+
+def store_inputs(root: Path) -> list[Path]:
+    """The store benchmark's input videos: the real samples where real_media_dir() finds them, else
+    H.264 + AAC files of their lengths and sizes written under root (kept for the next run)."""
+    media_dir = real_media_dir()
+    if media_dir is not None:
+        return [media_dir / name for name in REAL_INPUTS]
+    folder = root / "generated"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_test_video(folder / name, seconds, size, fps=24)
+            for name, (seconds, size) in GENERATED_INPUTS.items()]
 
 
 def _codec_rows(presets, inputs: list[Path], candidates: dict, repeats: int) -> tuple[dict, list]:
@@ -408,28 +424,25 @@ def bench_store(presets=("base", "mirasol3b"), candidates: dict | None = None, r
                 prepare_presets=("base", "mirasol3b"), prepare_stores=("raw", "h264", "none"), workers=(1, 2),
                 copies: int = 2, loader_presets=("small", "base"), loader_stores=("raw", "h264", "none"),
                 loader_samples: int = 16, step_preset: str | None = "base", root: Path | None = None,
-                media_dir: Path | None = None, quiet: bool = False) -> dict:
-    """The clip store on real videos: (1) per candidate encoding, bytes per clip against raw
+                inputs: list[Path] | None = None, quiet: bool = False) -> dict:
+    """The clip store on videos of several sizes and lengths (`inputs`, by default store_inputs()):
+    (1) per candidate encoding, bytes per clip against raw
     (video + float16 audio), PSNR against the raw uint8 frames, decode and encode ms per clip in
     one thread; (2) `prepare` clips/s per store format with 1 and 2 workers; (3) loader samples/s
     per store format (none = decode on the fly) with 1 and 2 DataLoader workers; (4) the training
     step of `step_preset` at batch 1 beside them."""
     from mirasol.data.cache import prepare
 
-    media_dir = media_dir or real_media_dir()
-    if media_dir is None:
-        raise ValueError("the real sample videos are not found; set MIRASOL_MEDIA_DIR to a folder holding "
-                         + ", ".join(REAL_INPUTS))
-    inputs = [media_dir / name for name in REAL_INPUTS]
     candidates = STORE_CANDIDATES if candidates is None else candidates
     root = root or work_dir() / "store"
     root.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(p) for p in inputs] if inputs else store_inputs(root)
     result: dict = {"inputs": [p.name for p in inputs], "repeats": repeats}
 
     codec_results, rows = _codec_rows(presets, inputs, candidates, repeats)
     result["codecs"] = codec_results
     if not quiet:
-        print_table(f"store: encodings of real clips (decode/encode in one thread, median of {repeats}); KB and "
+        print_table(f"store: encodings of {len(inputs)} videos' clips (decode/encode in one thread, median of {repeats}); KB and "
                     "ratios count video + float16 audio; 'if all real': as if the clip had no padded frames",
                     ["preset", "input real/frames", "candidate", "KB/clip", "raw/this", "if all real", "PSNR dB",
                      "min frame dB", "decode ms", "encode ms"], rows)
@@ -457,7 +470,7 @@ def bench_store(presets=("base", "mirasol3b"), candidates: dict | None = None, r
                     result["prepare"][f"{preset}/{store}/w{w}"] = r
                     rows.append([preset, store, w, clips, r["clips_per_s"], size / clips / 2**20])
     if not quiet:
-        print_table(f"store: prepare of {clips} real clips ({copies} copies of each input; one run each)",
+        print_table(f"store: prepare of {clips} clips ({copies} copies of each input; one run each)",
                     ["preset", "store", "workers", "clips", "clips/s", "MB/clip on disk"], rows)
 
     loader_manifest = _store_manifest(inputs, root, copies)

@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
         for path in [args.train] + ([args.val] if args.val else []):
             if not Path(path).exists() and not path.endswith(".tar"):  # shards: checked where they are read
                 raise ConfigError(f"manifest {path} does not exist")
-        summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume)
+        summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume, command=args.command_line)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -131,7 +131,7 @@ def cmd_ask(args) -> int:
 def cmd_quickstart(args) -> int:
     from mirasol.quickstart import quickstart
 
-    quickstart(args.out)
+    quickstart(args.out, command=args.command_line)
     return 0
 
 
@@ -216,6 +216,15 @@ def cmd_consolidate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from mirasol.export import export
+
+    export(args.run, args.out, reports=args.report, name=args.name, license=args.license, log=sys.stderr)
+    print(f"load it with Mirasol.from_pretrained('{args.out}'); publish it with "
+          f"`huggingface-cli upload OWNER/NAME {args.out}`")
+    return 0
+
+
 # subcommand -> (handler, one-line help)
 COMMANDS = {
     "synth": (cmd_synth, "write the built-in audio-visual dataset (mp4 + manifests)"),
@@ -230,6 +239,7 @@ COMMANDS = {
     "ablate": (cmd_ablate, "train and evaluate the ablation grid on the long world (resumable)"),
     "serve": (cmd_serve, "a page and a JSON API to ask a trained run about videos (needs the serve extra)"),
     "consolidate": (cmd_consolidate, "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
+    "export": (cmd_export, "a trained run as a Hugging Face model folder with a model card (README.md)"),
 }
 
 
@@ -363,6 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder to write config.json + model.safetensors to "
                    "(default: the checkpoint folder itself)")
 
+    p = sub.add_parser("export", help=COMMANDS["export"][1], description=COMMANDS["export"][1] + ": "
+                       "model.safetensors, config.json, the tokenizer and README.md, which Mirasol.from_pretrained, "
+                       "`mirasol ask --run`, lmms-eval and the Hugging Face Hub read")
+    p.add_argument("run", help="run directory of a trained model")
+    p.add_argument("--out", required=True, help="folder to write (new, or empty)")
+    p.add_argument("--report", action="append", default=None, metavar="REPORT",
+                   help="a `mirasol evaluate` report for the card's evaluation table (repeatable; default: "
+                        "the reports of this run found in it, beside it, or one folder down from either)")
+    p.add_argument("--name", default=None, help="the model's name in the card (default: the --out folder's name)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="license of the weights, as a Hub license id (default: apache-2.0, the code's own)")
+
     p = sub.add_parser("bench", help=COMMANDS["bench"][1], description=COMMANDS["bench"][1])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")
     p.add_argument("--out", default=None, help="write results as JSON here")
@@ -454,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler, _ = COMMANDS[args.command]
+    # as typed, for the run's record (RUN/commands.jsonl, shown by its model card)
+    args.command_line = shlex.join(["mirasol", *(sys.argv[1:] if argv is None else argv)])
     debug = args.debug or os.environ.get("MIRASOL_DEBUG", "") not in ("", "0")
     try:
         return int(handler(args) or 0)

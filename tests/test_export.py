@@ -11,26 +11,12 @@ from mirasol import Mirasol
 from mirasol.cli import main as cli
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny run trained for two steps through the CLI, its test manifest evaluated."""
-    root = tmp_path_factory.mktemp("export")
-    data, run = root / "data", root / "run"
-    assert cli(["synth", "--out", str(data), "--num", "12", "--seed", "5"]) == 0
-    assert cli(["train", "--config", "tiny", "--train", str(data / "train.jsonl"), "--out", str(run),
-                "train.max_steps=2", "train.batch_size=8", "train.eval_every=0", "train.warmup_steps=1",
-                "train.plots=false"]) == 0
-    assert cli(["evaluate", "--run", str(run), "--manifest", str(data / "test.jsonl"),
-                "--out", str(run / "eval" / "report.json")]) == 0
-    return root, data, run
-
-
 def _predictions(folder: Path) -> dict:
     return {p["id"]: p["prediction"] for p in map(json.loads, folder.read_text().splitlines())}
 
 
-def test_export_loads_and_answers_as_the_run(trained, tmp_path):
-    root, data, run = trained
+def test_export_loads_and_answers_as_the_run(trained_run, tmp_path):
+    root, data, run = trained_run
     out = tmp_path / "mirasol-tiny-synth"
     assert cli(["export", str(run), "--out", str(out)]) == 0
     for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
@@ -48,11 +34,11 @@ def test_export_loads_and_answers_as_the_run(trained, tmp_path):
     assert cli(["export", str(run), "--out", str(out)]) == 2
 
 
-def test_model_card_parses_with_the_expected_metadata(trained, tmp_path):
+def test_model_card_parses_with_the_expected_metadata(trained_run, tmp_path):
     pytest.importorskip("huggingface_hub")
     from huggingface_hub import ModelCard
 
-    _, _, run = trained
+    _, _, run = trained_run
     out = tmp_path / "card"
     assert cli(["export", str(run), "--out", str(out), "--license", "mit"]) == 0
     card = ModelCard.load(out / "README.md")
@@ -63,17 +49,17 @@ def test_model_card_parses_with_the_expected_metadata(trained, tmp_path):
     assert len(overall) == 1 and overall[0].metric_value == pytest.approx(report["accuracy"], abs=1e-4)
     text = card.text
     params = Mirasol.from_pretrained(run).num_parameters()["total"]
-    assert "preset: `tiny`" in text and f"{params:,}" in text and "steps: 2" in text
+    assert "preset: `tiny`" in text and f"{params:,}" in text and "steps: 4" in text
     command = json.loads((run / "commands.jsonl").read_text().splitlines()[0])["command"]
     assert command.startswith("mirasol train --config tiny") and command in text
     for family, t in report["by_type"].items():  # each family's row with its answer prior
         assert f"| {family} | {t['n']} | {t['accuracy']:.3f} | {t['answer_prior']:.3f} |" in text
 
 
-def test_card_without_a_report_or_a_recorded_command_says_how(trained, tmp_path):
+def test_card_without_a_report_or_a_recorded_command_says_how(trained_run, tmp_path):
     import shutil
 
-    _, _, run = trained
+    _, _, run = trained_run
     old = tmp_path / "old-run"  # a run from before commands.jsonl, never evaluated
     shutil.copytree(run, old, ignore=shutil.ignore_patterns("eval", "commands.jsonl"))
     assert cli(["export", str(old), "--out", str(tmp_path / "out")]) == 0
@@ -82,13 +68,13 @@ def test_card_without_a_report_or_a_recorded_command_says_how(trained, tmp_path)
     assert "not recorded" in text and "model-index" not in text
 
 
-def test_transformers_reads_the_tokenizer(trained, tmp_path):
+def test_transformers_reads_the_tokenizer(trained_run, tmp_path):
     pytest.importorskip("transformers")
     from transformers import AutoTokenizer
 
     from mirasol.run_dir import load_tokenizer
 
-    _, _, run = trained
+    _, _, run = trained_run
     assert cli(["export", str(run), "--out", str(tmp_path / "out")]) == 0
     theirs, ours = AutoTokenizer.from_pretrained(str(tmp_path / "out")), load_tokenizer(run)
     text = "what shape is the object?"
@@ -96,12 +82,12 @@ def test_transformers_reads_the_tokenizer(trained, tmp_path):
     assert (theirs.eos_token_id, theirs.pad_token_id) == (ours.eos_id, ours.pad_id)
 
 
-def test_hub_repo_ids_load_through_the_local_folder_path(trained, tmp_path, monkeypatch):
+def test_hub_repo_ids_load_through_the_local_folder_path(trained_run, tmp_path, monkeypatch):
     """No hub is reachable in the tests: snapshot_download is replaced by one that returns an exported folder."""
     hub = pytest.importorskip("huggingface_hub")
     from mirasol.ask import ask
 
-    _, data, run = trained
+    _, data, run = trained_run
     out = tmp_path / "snapshot"
     assert cli(["export", str(run), "--out", str(out)]) == 0
     asked = []

@@ -225,6 +225,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_lmms_task(args) -> int:
+    from mirasol.lmms_eval.task import write_task
+
+    try:
+        result = write_task(args.manifest, args.out, args.name)
+    except ValueError as err:  # a bad --name (a bad manifest row raises ManifestError, a MirasolError)
+        raise UsageError(str(err)) from None
+    for half, task in result["tasks"].items():
+        print(f"  {task}: {result['rows'][half]} rows")
+    print(f"wrote the lmms-eval task {result['name']} to {args.out}; run it with\n"
+          f"  lmms-eval --model mirasol --model_args run=RUN --tasks {result['name']} --include_path {args.out}")
+    return 0
+
+
 # subcommand -> (handler, one-line help)
 COMMANDS = {
     "synth": (cmd_synth, "write the built-in audio-visual dataset (mp4 + manifests)"),
@@ -239,6 +253,7 @@ COMMANDS = {
     "ablate": (cmd_ablate, "train and evaluate the ablation grid on the long world (resumable)"),
     "serve": (cmd_serve, "a page and a JSON API to ask a trained run about videos (needs the serve extra)"),
     "consolidate": (cmd_consolidate, "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
+    "lmms-task": (cmd_lmms_task, "a manifest as an lmms-eval task (YAML + local data) for `lmms-eval --model mirasol`"),
     "export": (cmd_export, "a trained run as a Hugging Face model folder with a model card (README.md)"),
 }
 
@@ -384,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="the model's name in the card (default: the --out folder's name)")
     p.add_argument("--license", default="apache-2.0",
                    help="license of the weights, as a Hub license id (default: apache-2.0, the code's own)")
+
+    p = sub.add_parser("lmms-task", help=COMMANDS["lmms-task"][1], description=COMMANDS["lmms-task"][1] + ": its "
+                       "free-answer rows as a generate_until task, its rows with choices as a multiple_choice task, "
+                       "and a group of both (docs/lmms-eval.md)")
+    p.add_argument("manifest", help="manifest, JSON Lines (e.g. the test split of `mirasol synth`)")
+    p.add_argument("--out", required=True, help="folder for the task files (lmms-eval's --include_path)")
+    p.add_argument("--name", default=None, help="task name (default: mirasol_<manifest file name>)")
 
     p = sub.add_parser("bench", help=COMMANDS["bench"][1], description=COMMANDS["bench"][1])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")

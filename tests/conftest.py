@@ -39,13 +39,13 @@ def kill_at_checkpoint(argv: list[str], out, env: dict, step: int = 2, last: int
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """(root, data folder, run) of a tiny run trained for four steps through the CLI on 12 synthetic
+    """(root, data folder, run) of a tiny run trained for four steps through the CLI on 20 synthetic
     clips, its test split evaluated into RUN/eval/report.json (+ predictions.jsonl)."""
     from mirasol.cli import main as cli
 
     root = tmp_path_factory.mktemp("trained")
     data, run = root / "data", root / "run"
-    assert cli(["synth", "--out", str(data), "--num", "12", "--seed", "5"]) == 0
+    assert cli(["synth", "--out", str(data), "--num", "20", "--seed", "5"]) == 0
     assert cli(["train", "--config", "tiny", "--train", str(data / "train.jsonl"), "--out", str(run),
                 "train.max_steps=4", "train.batch_size=8", "train.eval_every=0", "train.warmup_steps=1",
                 "train.plots=false", "train.lr=1e-2"]) == 0  # (a high rate: free answers that are not empty)

@@ -131,7 +131,7 @@ def test_model_answers_as_evaluate_does(plugin, trained_run, tmp_path):
         assert all(isinstance(greedy, bool) for _, greedy in mine)
 
 
-def test_generation_settings_and_streaming(plugin, trained_run, tmp_path, monkeypatch):
+def test_generation_settings_and_streaming(plugin, trained_run, tmp_path, monkeypatch, capsys):
     """The request's max_new_tokens (below the run's budget), sampling settings and `until` reach the
     decoder; whole=true streams; documents of other tasks are asked their context."""
     _, data, run = trained_run
@@ -170,11 +170,15 @@ def test_generation_settings_and_streaming(plugin, trained_run, tmp_path, monkey
     with pytest.raises(Exception, match="whole=true"):
         plugin.MirasolLMMS(run=str(run), window="2")
 
-    # a document that is no manifest row: its context is the question; a visual that is no path is refused
-    field = [{"video_path": free[0]["video"], "question": "what shape is it?"}]
-    assert isinstance(ask(model, {}, field, lambda d: [d["video_path"]])[0], str)
-    with pytest.raises(Exception, match="doc_to_visual gave object instead of a path"):
-        ask(model, {}, field, lambda d: [object()])
+    # a document that is no manifest row: its context is the question; a visual that is no video file
+    # gets an empty answer and a warning, and the rest are answered
+    field = [{"video_path": free[0]["video"], "question": "what shape is it?"}] * 2
+    assert ask(model, {}, field, lambda d: [d["video_path"]]) == ask(model, {}, field[:1], lambda d: [d["video_path"]]) * 2
+    mixed = ask(model, {}, field, lambda d: [d["video_path"]] if d is field[0] else [object()])
+    assert len(mixed) == 2
+    assert ask(model, {}, field[:1], lambda d: [object()]) == [""]
+    assert "doc_to_visual gave object instead of a path; 1 request(s) answered with an empty string" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.skipif(not HAVE_LMMS_EVAL, reason="lmms-eval is not installed (pip install -e '.[lmms-eval]')")

@@ -17,6 +17,8 @@ A trained run (a run directory, a `mirasol export` folder or its Hub id) answeri
 - whole=true streams each video whole, chunk by chunk (as `mirasol evaluate --whole`), window=N
   lets the model attend to the last N chunks; without it the run's clip window is read (as
   `mirasol ask`). Each clip is encoded once for all the requests about it.
+- a document whose visual is no video file (an image, an audio clip) gets an empty answer and a
+  warning: the field's mixed benchmarks go on with their video questions.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def _scored(score: float, greedy: bool):
     except ImportError:  # versions before it pass the tuple on unchanged
         return (score, greedy)
     return GenerationResult(text=(score, greedy))
+
+
+class NotAVideo(UsageError):
+    """A document whose visual is not a video file (an image, an audio array)."""
 
 
 def _flag(value) -> bool:
@@ -84,8 +90,8 @@ class MirasolLMMS(lmms):
         if isinstance(first, dict):
             first = first.get("path") or first.get("video")
         if not isinstance(first, (str, os.PathLike)):
-            raise UsageError(f"lmms-eval task {task}: mirasol answers about a video file, and the task's "
-                             f"doc_to_visual gave {type(first).__name__} instead of a path")
+            raise NotAVideo(f"lmms-eval task {task}: mirasol answers about a video file, and the task's "
+                            f"doc_to_visual gave {type(first).__name__} instead of a path")
         return os.fspath(first)
 
     def _sample(self, doc: dict, ctx: str, video: str) -> Sample:
@@ -154,19 +160,27 @@ class MirasolLMMS(lmms):
 
     # --- lmms-eval's requests -----------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        rows = []
+        rows, refused = [], collections.Counter()
         for request in requests:
             ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args[:6]
             doc = self._doc(task, split, doc_id)
-            sample = self._sample(doc, ctx, self._video(doc_to_visual, doc, task))
-            rows.append((sample, self._prompt(ctx), self._settings(gen_kwargs)))
+            try:
+                video = self._video(doc_to_visual, doc, task)
+            except NotAVideo as err:  # benchmarks that mix images and audio with videos: answer the videos
+                refused[str(err)] += 1
+                rows.append(None)
+                continue
+            rows.append((self._sample(doc, ctx, video), self._prompt(ctx), self._settings(gen_kwargs)))
+        for message, count in refused.items():
+            print(f"warning: {message}; {count} request(s) answered with an empty string", file=sys.stderr)
         groups: dict[tuple, list[int]] = collections.defaultdict(list)
-        for i, (sample, _, settings) in enumerate(rows):
+        for i, (sample, _, settings) in ((i, r) for i, r in enumerate(rows) if r is not None):
             key = (sample.video, sample.start, sample.end, settings["max_new_tokens"],
                    tuple(sorted(settings["sampling"].items())))
             groups[key].append(i)
         answers: list[str] = [""] * len(rows)
-        bar = tqdm(total=len(rows), desc="mirasol answering", disable=self.rank != 0, file=sys.stderr)
+        bar = tqdm(total=sum(map(len, groups.values())), desc="mirasol answering", disable=self.rank != 0,
+                   file=sys.stderr)
         for index in groups.values():
             settings = rows[index[0]][2]
             texts = self._answer([rows[i][0] for i in index], [rows[i][1] for i in index], settings)

@@ -169,6 +169,8 @@ def test_generation_settings_and_streaming(plugin, trained_run, tmp_path, monkey
     assert len(ask(streamed, {})) == 2 and streamed.window == 2 and streamed._latents
     with pytest.raises(Exception, match="whole=true"):
         plugin.MirasolLMMS(run=str(run), window="2")
+    with pytest.raises(Exception, match="unknown model_args windw"):
+        plugin.MirasolLMMS(run=str(run), windw="2")
 
     # a document that is no manifest row: its context is the question; a visual that is no video file
     # gets an empty answer and a warning, and the rest are answered

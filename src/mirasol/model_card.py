@@ -128,7 +128,7 @@ def model_card(name: str, run: str, run_cfg: dict, params: dict, stats: dict, st
                   "records.", ""]
     lines += ["## Training", ""] + _training(commands, stats, steps, run_cfg)
     lines += ["## Evaluation", ""] + _evaluation(reports, run)
-    lines += ["## Use", "", "```bash", "pip install mirasol[hub]",
+    lines += ["## Use", "", "```bash", "pip install 'mirasol[hub]'",
               f'mirasol ask --run OWNER/{name} video.mp4 "what shape is the object?"', "```", "",
               "```python", "from mirasol import Mirasol", "", f'model = Mirasol.from_pretrained("OWNER/{name}")',
               "```", "",

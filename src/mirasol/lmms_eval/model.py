@@ -65,8 +65,13 @@ class MirasolLMMS(lmms):
     is_simple = True
 
     def __init__(self, run: str, whole=False, window=None, max_new_tokens=None, device: str | None = None,
-                 batch_size=1, **kwargs) -> None:
+                 batch_size=1, max_batch_size=None, **unknown) -> None:
+        """`batch_size` (lmms-eval's --batch_size) is accepted and not needed: the rows about one clip
+        are answered in one decoder batch whatever it says."""
         super().__init__()
+        if unknown:
+            raise UsageError(f"unknown model_args {', '.join(sorted(unknown))} for --model mirasol "
+                             "(valid: run, whole, window, max_new_tokens, device)")
         self.whole = _flag(whole)
         self.window = None if window in (None, "", "none") else int(window)
         if self.window is not None and not self.whole:
@@ -76,7 +81,6 @@ class MirasolLMMS(lmms):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.tokenizer, self.stats, _ = load_run(run, self.device)
         self.budget = int(max_new_tokens) if max_new_tokens not in (None, "") else answer_budget(self.stats)
-        self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 1
         self._latents: collections.OrderedDict = collections.OrderedDict()
 
     # --- documents and media ------------------------------------------------------------------

@@ -11,7 +11,7 @@
 
 The folder is a run directory as far as reading goes: `Mirasol.from_pretrained(DIR)`, `mirasol ask
 --run DIR`, `mirasol evaluate --run DIR` and lmms-eval's `run=DIR` read it, and so do they the Hub
-repository it is uploaded to (mirasol/hub.py).
+repository it is uploaded to (mirasol/model/hub.py).
 """
 
 from __future__ import annotations

@@ -108,8 +108,8 @@ def load_train_stats(run: str | Path) -> dict:
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):
     """(model, tokenizer, train stats, run config) of a finished (or checkpointed) run, a `mirasol
-    export` folder, or the Hub repository id of one (mirasol/hub.py). config.json is read once, here."""
-    from mirasol.hub import local_folder
+    export` folder, or the Hub repository id of one (mirasol/model/hub.py). config.json is read once, here."""
+    from mirasol.model.hub import local_folder
 
     run = local_folder(run)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):

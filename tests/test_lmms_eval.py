@@ -87,8 +87,8 @@ def _pair(response) -> tuple:
     return getattr(response, "text", response)
 
 
-def _evaluated(run: Path) -> dict:
-    return {p["id"]: p for p in map(json.loads, (run / "eval" / "predictions.jsonl").read_text().splitlines())}
+def _evaluated(run: Path, folder: str = "eval") -> dict:
+    return {p["id"]: p for p in map(json.loads, (run / folder / "predictions.jsonl").read_text().splitlines())}
 
 
 def test_task_files(trained_run, tmp_path):
@@ -106,13 +106,21 @@ def test_task_files(trained_run, tmp_path):
     assert cli(["lmms-task", str(data / "test.jsonl"), "--out", str(tmp_path / "x"), "--name", "9 bad"]) == 2
 
 
-def test_model_answers_as_evaluate_does(plugin, trained_run, tmp_path):
-    """The model class, given lmms-eval's requests for every row: evaluate's answer and correctness per row."""
+@pytest.mark.parametrize("whole", [False, True], ids=["clip", "whole"])
+def test_model_answers_as_evaluate_does(plugin, trained_run, tmp_path, whole):
+    """The model class, given lmms-eval's requests for every row: evaluate's answer and correctness per
+    row (whole=true: those of `mirasol evaluate --whole`)."""
     _, data, run = trained_run
     rows = _task(data, tmp_path / "tasks")
-    model = plugin.MirasolLMMS(run=str(run), device="cpu")
+    model = plugin.MirasolLMMS(run=str(run), device="cpu", whole=str(whole).lower())
     model.task_dict = {"mirasol_test_free": {"test": rows["free"]}, "mirasol_test_choice": {"test": rows["choice"]}}
-    expected = _evaluated(run)
+    if whole:
+        from mirasol.eval.evaluate import evaluate
+
+        evaluate(run, data / "test.jsonl", tmp_path / "whole" / "report.json", whole=True, progress=False)
+        expected = _evaluated(tmp_path / "whole", "")
+    else:
+        expected = _evaluated(run)
 
     answers = model.generate_until(_requests(plugin, "generate_until", "mirasol_test_free", rows["free"]))
     for doc, answer in zip(rows["free"], answers):

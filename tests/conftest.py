@@ -149,3 +149,19 @@ def kill_at_checkpoint(argv: list[str], out, env: dict, step: int = 2, last: int
     assert (checkpoints / f"step_{step:08d}").exists()
     assert not (checkpoints / f"step_{last:08d}").exists(), "the run finished before it could be killed"
 
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(root, data folder, run) of a tiny run trained for four steps through the CLI on 20 synthetic
+    clips, its test split evaluated into RUN/eval/report.json (+ predictions.jsonl)."""
+    from mirasol.cli import main as cli
+
+    root = tmp_path_factory.mktemp("trained")
+    data, run = root / "data", root / "run"
+    assert cli(["synth", "--out", str(data), "--num", "20", "--seed", "5"]) == 0
+    assert cli(["train", "--config", "tiny", "--train", str(data / "train.jsonl"), "--out", str(run),
+                "train.max_steps=4", "train.batch_size=8", "train.eval_every=0", "train.warmup_steps=1",
+                "train.plots=false", "train.lr=1e-2"]) == 0  # (a high rate: free answers that are not empty)
+    assert cli(["evaluate", "--run", str(run), "--manifest", str(data / "test.jsonl"),
+                "--out", str(run / "eval" / "report.json")]) == 0
+    return root, data, run

@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
         for path in [args.train] + ([args.val] if args.val else []):
             if not Path(path).exists() and not path.endswith(".tar"):  # shards: checked where they are read
                 raise ConfigError(f"manifest {path} does not exist")
-        summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume)
+        summary = train(run_cfg, args.train, args.val, args.out, resume=args.resume, command=args.command_line)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -131,7 +131,7 @@ def cmd_ask(args) -> int:
 def cmd_quickstart(args) -> int:
     from mirasol.quickstart import quickstart
 
-    quickstart(args.out)
+    quickstart(args.out, command=args.command_line)
     return 0
 
 
@@ -234,6 +234,29 @@ def cmd_consolidate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from mirasol.export import export
+
+    export(args.run, args.out, reports=args.report, name=args.name, license=args.license, log=sys.stderr)
+    print(f"load it with Mirasol.from_pretrained('{args.out}'); publish it with "
+          f"`huggingface-cli upload OWNER/NAME {args.out}`")
+    return 0
+
+
+def cmd_lmms_task(args) -> int:
+    from mirasol.lmms_eval.task import write_task
+
+    try:
+        result = write_task(args.manifest, args.out, args.name)
+    except ValueError as err:  # a bad --name (a bad manifest row raises ManifestError, a MirasolError)
+        raise UsageError(str(err)) from None
+    for half, task in result["tasks"].items():
+        print(f"  {task}: {result['rows'][half]} rows")
+    print(f"wrote the lmms-eval task {result['name']} to {args.out}; run it with\n"
+          f"  lmms-eval --model mirasol --model_args run=RUN --tasks {result['name']} --include_path {args.out}")
+    return 0
+
+
 # subcommand -> (handler, one-line help)
 COMMANDS = {
     "synth": (cmd_synth, "write the built-in audio-visual dataset (mp4 + manifests)"),
@@ -248,6 +271,8 @@ COMMANDS = {
     "ablate": (cmd_ablate, "train and evaluate the ablation grid on the long world (resumable)"),
     "serve": (cmd_serve, "a page and a JSON API to ask a trained run about videos (needs the serve extra)"),
     "consolidate": (cmd_consolidate, "one model.safetensors from a sharded (train.strategy=fsdp) checkpoint"),
+    "lmms-task": (cmd_lmms_task, "a manifest as an lmms-eval task (YAML + local data) for `lmms-eval --model mirasol`"),
+    "export": (cmd_export, "a trained run as a Hugging Face model folder with a model card (README.md)"),
 }
 
 
@@ -401,6 +426,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder to write config.json + model.safetensors to "
                    "(default: the checkpoint folder itself)")
 
+    p = sub.add_parser("export", help=COMMANDS["export"][1], description=COMMANDS["export"][1] + ": "
+                       "model.safetensors, config.json, the tokenizer and README.md, which Mirasol.from_pretrained, "
+                       "`mirasol ask --run`, lmms-eval and the Hugging Face Hub read")
+    p.add_argument("run", help="run directory of a trained model")
+    p.add_argument("--out", required=True, help="folder to write (new, or empty)")
+    p.add_argument("--report", action="append", default=None, metavar="REPORT",
+                   help="a `mirasol evaluate` report for the card's evaluation table (repeatable; default: "
+                        "the reports of this run found in it, beside it, or one folder down from either)")
+    p.add_argument("--name", default=None, help="the model's name in the card (default: the --out folder's name)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="license of the weights, as a Hub license id (default: apache-2.0, the code's own)")
+
+    p = sub.add_parser("lmms-task", help=COMMANDS["lmms-task"][1], description=COMMANDS["lmms-task"][1] + ": its "
+                       "free-answer rows as a generate_until task, its rows with choices as a multiple_choice task, "
+                       "and a group of both (docs/lmms-eval.md)")
+    p.add_argument("manifest", help="manifest, JSON Lines (e.g. the test split of `mirasol synth`)")
+    p.add_argument("--out", required=True, help="folder for the task files (lmms-eval's --include_path)")
+    p.add_argument("--name", default=None, help="task name (default: mirasol_<manifest file name>)")
+
     p = sub.add_parser("bench", help=COMMANDS["bench"][1], description=COMMANDS["bench"][1])
     p.add_argument("what", nargs="?", default="all", help="which benchmark (default: all)")
     p.add_argument("--out", default=None, help="write results as JSON here")
@@ -492,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler, _ = COMMANDS[args.command]
+    # as typed, for the run's record (RUN/commands.jsonl, shown by its model card)
+    args.command_line = shlex.join(["mirasol", *(sys.argv[1:] if argv is None else argv)])
     debug = args.debug or os.environ.get("MIRASOL_DEBUG", "") not in ("", "0")
     try:
         return int(handler(args) or 0)

@@ -13,7 +13,8 @@ QUICKSTART_CLIPS = 3000  # 11 questions each; the relational families need this 
 
 
 def quickstart(out: str | Path = "quickstart", num: int = QUICKSTART_CLIPS, overrides: list[str] = (),
-               seed: int = 0, progress: bool = True) -> dict:
+               seed: int = 0, progress: bool = True, command: str | None = None) -> dict:
+    """`command`: the command line that started this (recorded in the run, for its model card)."""
     from mirasol.corpora.synth import synthesize
     from mirasol.eval.evaluate import evaluate, format_table
     from mirasol.run_config import load_run_config
@@ -32,7 +33,8 @@ def quickstart(out: str | Path = "quickstart", num: int = QUICKSTART_CLIPS, over
     resume = (run / "checkpoints").exists()
     print(f"[2/3] training the tiny model in {run}" + (" (resuming)" if resume else ""), file=sys.stderr)
     if not resume or _steps_done(run) < run_cfg.train.max_steps:
-        train(run_cfg, str(data / "train.jsonl"), str(data / "val.jsonl"), run, resume=resume, progress=progress)
+        train(run_cfg, str(data / "train.jsonl"), str(data / "val.jsonl"), run, resume=resume, progress=progress,
+              command=command)
     seconds["prepare + train"] = time.perf_counter() - began - sum(seconds.values())
     print("[3/3] evaluating on the test split", file=sys.stderr)
     report = evaluate(run, data / "test.jsonl", out / "report.json", progress=progress)

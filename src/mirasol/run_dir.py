@@ -10,6 +10,7 @@
                                                  process (torch.distributed.checkpoint); resumable on
                                                  any number of processes
     RUN/metrics.jsonl, curves.png
+    RUN/commands.jsonl        the command line of each start of training (the first, then each --resume)
 
 Checkpoints are written atomically (temp folder + rename), so a run killed at any moment leaves
 either the previous checkpoint or the new one, never half of one.
@@ -70,6 +71,28 @@ def write_run_files(run: Path, run_config: dict, tokenizer: MirasolTokenizer, st
     (run / "train_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
 
 
+COMMANDS_FILE = "commands.jsonl"  # one line per start of training (the first, then each --resume)
+
+
+def record_command(run: Path, command: str | None, train: str, val: str | None, resume: bool, step: int) -> None:
+    """Add this start of training to RUN/commands.jsonl: the command line that started it (None when
+    training was started from Python), its manifests and the step it started from."""
+    from datetime import datetime, timezone
+
+    entry = {"command": command, "train": str(train), "val": str(val) if val else None, "resume": resume,
+             "from_step": step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with open(Path(run) / COMMANDS_FILE, "a") as f:
+        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def read_commands(run: str | Path) -> list[dict]:
+    """RUN/commands.jsonl's entries, oldest first; [] for runs trained before it was kept."""
+    file = Path(run) / COMMANDS_FILE
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
 def load_tokenizer(run: str | Path, cfg=None) -> MirasolTokenizer:
     """The run's tokenizer: ours, or its text backbone's own (with the special ids of its config).
     `cfg`: the run's model config, when the caller has read it already."""
@@ -84,9 +107,11 @@ def load_train_stats(run: str | Path) -> dict:
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer, train stats, run config) of a finished (or checkpointed) run. config.json
-    is read once, here."""
-    run = Path(run)
+    """(model, tokenizer, train stats, run config) of a finished (or checkpointed) run, a `mirasol
+    export` folder, or the Hub repository id of one (mirasol/model/hub.py). config.json is read once, here."""
+    from mirasol.model.hub import local_folder
+
+    run = local_folder(run)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run / name} not found: is {run} a finished `mirasol train` run directory?")

@@ -54,10 +54,11 @@ def predict(model: Mirasol, tokenizer: MirasolTokenizer, video: torch.Tensor, au
 @torch.no_grad()
 def predict_from_memory(model: Mirasol, tokenizer: MirasolTokenizer, memory: torch.Tensor, prompt_ids: torch.Tensor,
                         samples: list[Sample], labels: list[str] | None = None, max_new_tokens: int = 24,
-                        memory_mask: torch.Tensor | None = None) -> list[str]:
+                        memory_mask: torch.Tensor | None = None, generate_kwargs: dict | None = None) -> list[str]:
     """`predict` from latents already computed (memory [B, M, av_dim] or latents [B, T, m, av_dim],
     e.g. a stream's), one row each. Calls the model's generate_from_latents and
-    score_candidates_from_latents, the inference path every caller shares."""
+    score_candidates_from_latents, the inference path every caller shares. `generate_kwargs`
+    (do_sample, temperature, top_p, num_beams, ...) go to generate_from_latents for free answers."""
     memory = model.decoder_memory(memory)
     answers: list[str | None] = [None] * len(samples)
     free, by_options = [], {}
@@ -80,7 +81,8 @@ def predict_from_memory(model: Mirasol, tokenizer: MirasolTokenizer, memory: tor
     if free:
         index = torch.tensor(free)
         out = model.generate_from_latents(memory[index], prompt_ids[index], max_new_tokens,
-                                          memory_mask=None if memory_mask is None else memory_mask[index])
+                                          memory_mask=None if memory_mask is None else memory_mask[index],
+                                          **(generate_kwargs or {}))
         for i, row in zip(free, out.tolist()):
             answers[i] = tokenizer.decode_answer(row)
     return answers  # type: ignore[return-value]

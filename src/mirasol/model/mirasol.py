@@ -353,11 +353,14 @@ class Mirasol(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        config: MirasolConfig | None = None) -> "Mirasol":
-        """The one way to load a saved model (a run directory or a checkpoint folder): its
-        config.json (or `config`, when the caller has parsed it already), the backbones it names
-        (hash-checked against backbones.json) and model.safetensors. In eval mode on `device`."""
-        path = Path(path)
+                        config: MirasolConfig | None = None, revision: str | None = None) -> "Mirasol":
+        """The one way to load a saved model (a run directory, a checkpoint folder, a `mirasol export`
+        folder, or the Hub repository id of one: mirasol/model/hub.py): its config.json (or `config`, when
+        the caller has parsed it already), the backbones it names (hash-checked against
+        backbones.json) and model.safetensors. In eval mode on `device`."""
+        from mirasol.model.hub import local_folder
+
+        path = local_folder(path, revision)
         config_file, weights = path / "config.json", path / "model.safetensors"
         for needed in (config_file, weights):
             if not needed.exists():

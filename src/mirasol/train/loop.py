@@ -42,11 +42,14 @@ from mirasol.train.optim import make_optimizer
 
 
 def train(run_cfg: RunConfig, train_manifest: str, val_manifest: str | None, out: str | Path,
-          resume: bool = False, progress: bool = True) -> dict:
+          resume: bool = False, progress: bool = True, command: str | None = None) -> dict:
+    """`command`: the command line that started this (kept in RUN/commands.jsonl for the model card)."""
     out, tc = Path(out), run_cfg.train
     rank, world, device = setup_distributed(tc.strategy)
     run = _check_and_prepare(run_cfg, train_manifest, val_manifest, out, resume, rank, world, progress)
     model, optimizer, scheduler, step = _build(run_cfg, run, device, rank == 0)
+    if rank == 0:
+        run_dir.record_command(out, command, train_manifest, val_manifest, resume, step)
     # find_unused_parameters: some parameters (mask token, gates) sit out depending on the config.
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) \
         if world > 1 and tc.strategy != "fsdp" else model

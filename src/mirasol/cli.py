@@ -128,6 +128,22 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_watch(args) -> int:
+    from mirasol.watch import parse_when, watch
+
+    follow = {"auto": None, "yes": True, "no": False}[args.follow]
+    result = watch(args.run, args.source, asks=args.ask, every=args.every,
+                   whens=[parse_when(w) for w in args.when], window=args.window, until=args.until,
+                   realtime=args.realtime, follow=follow, stall_timeout=args.stall_timeout, silent=args.silent,
+                   as_json=args.json, log=sys.stderr, stdin=None if args.no_stdin else sys.stdin)
+    rate = result.video_seconds / result.wall_seconds if result.wall_seconds > 0 else 0.0
+    print(f"watched {result.video_seconds:g} s of video in {result.wall_seconds:.1f} s ({rate:.2f}x real time): "
+          f"{result.chunks} chunks, {result.dropped} dropped", file=sys.stderr)
+    if result.message:
+        print(f"mirasol watch: {result.message}", file=sys.stderr)
+    return result.status
+
+
 def cmd_quickstart(args) -> int:
     from mirasol.quickstart import quickstart
 
@@ -225,6 +241,7 @@ COMMANDS = {
     "train": (cmd_train, "train a model"),
     "evaluate": (cmd_evaluate, "evaluate a trained run on a manifest"),
     "ask": (cmd_ask, "ask a trained run about a video file"),
+    "watch": (cmd_watch, "follow a live video (a stream, a device, a growing file) and answer questions as it plays"),
     "quickstart": (cmd_quickstart, "synth + train + evaluate on the built-in dataset"),
     "bench": (cmd_bench, "performance benchmarks"),
     "ablate": (cmd_ablate, "train and evaluate the ablation grid on the long world (resumable)"),
@@ -322,6 +339,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, metavar="TYPE",
                    help="answer by choosing the best-scoring of the answers this question family (a manifest "
                         "`type`) had in training, instead of decoding freely")
+
+    p = sub.add_parser("watch", help=COMMANDS["watch"][1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=COMMANDS["watch"][1] + ".",
+                       epilog="SOURCE: a file being written (followed as it grows: MPEG-TS, Matroska/WebM or "
+                              "fragmented MP4), a stream FFmpeg opens live (udp://, rtp://, rtsp://, rtmp://, "
+                              "http(s)://, hls://, srt://, tcp://), a capture device (/dev/video*), or a finished "
+                              "file (as fast as it decodes; --realtime: at its own pace).\n\n"
+                              "When the model is slower than a live source it drops to the newest chunk and "
+                              "counts the chunks dropped.\n\n"
+                              "Exit status: 0 at --until or the end of a file; 3 the live source ended or failed; "
+                              "4 it stalled (--stall-timeout); 5 it has no audio (see --silent); 2 bad input.")
+    p.add_argument("--run", required=True, help="run directory of a trained model")
+    p.add_argument("source", help="file, stream URL or /dev/video device")
+    p.add_argument("--ask", action="append", default=[], metavar="QUESTION",
+                   help="a question answered every --every seconds of video (repeatable)")
+    p.add_argument("--every", type=float, default=None, metavar="S",
+                   help="answer the --ask questions every S seconds of video (default: every chunk)")
+    p.add_argument("--when", action="append", default=[], metavar="QUESTION=ANSWER",
+                   help="say the first chunk after which QUESTION's answer is ANSWER (repeatable), e.g. "
+                        "--when \"what color is the object?=red\"")
+    p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
+                   help="the model attends to, and answers about, the last CHUNKS chunks only (flat memory)")
+    p.add_argument("--until", type=float, default=None, metavar="S", help="stop after S seconds of video")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object a line: video_seconds, question, answer, wall_time, lag_seconds, ...")
+    p.add_argument("--realtime", action="store_true", help="play a finished file at its own pace")
+    p.add_argument("--follow", choices=["auto", "yes", "no"], default="auto",
+                   help="follow a file as it grows (auto: when it was modified in the last few seconds)")
+    p.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                   help="a live source that sends nothing for S seconds ends the watch (default 10); a "
+                        "followed file that stops growing for S seconds is taken as finished")
+    p.add_argument("--silent", action="store_true", help="watch a source without audio (the model hears silence)")
+    p.add_argument("--no-stdin", action="store_true", help="do not read questions from standard input")
 
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][1], description=COMMANDS["quickstart"][1])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")

@@ -135,6 +135,7 @@ def cmd_watch(args) -> int:
     result = watch(args.run, args.source, asks=args.ask, every=args.every,
                    whens=[parse_when(w) for w in args.when], window=args.window, until=args.until,
                    realtime=args.realtime, follow=follow, stall_timeout=args.stall_timeout, silent=args.silent,
+                   max_behind=args.max_behind,
                    as_json=args.json, log=sys.stderr, stdin=None if args.no_stdin else sys.stdin)
     rate = result.video_seconds / result.wall_seconds if result.wall_seconds > 0 else 0.0
     print(f"watched {result.video_seconds:g} s of video in {result.wall_seconds:.1f} s ({rate:.2f}x real time): "
@@ -346,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "fragmented MP4), a stream FFmpeg opens live (udp://, rtp://, rtsp://, rtmp://, "
                               "http(s)://, hls://, srt://, tcp://), a capture device (/dev/video*), or a finished "
                               "file (as fast as it decodes; --realtime: at its own pace).\n\n"
-                              "When the model is slower than a live source it drops to the newest chunk and "
-                              "counts the chunks dropped.\n\n"
+                              "When the model falls behind a live source (--max-behind) it drops to the newest "
+                              "chunk and counts the chunks dropped.\n\n"
                               "Exit status: 0 at --until or the end of a file; 3 the live source ended or failed; "
                               "4 it stalled (--stall-timeout); 5 it has no audio (see --silent); 2 bad input.")
     p.add_argument("--run", required=True, help="run directory of a trained model")
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                    help="a live source that sends nothing for S seconds ends the watch (default 10); a "
                         "followed file that stops growing for S seconds is taken as finished")
+    p.add_argument("--max-behind", type=float, default=2.0, metavar="S",
+                   help="a live source: once a chunk has waited S seconds for the model, drop to the newest "
+                        "chunk (default 2; the chunks dropped are counted)")
     p.add_argument("--silent", action="store_true", help="watch a source without audio (the model hears silence)")
     p.add_argument("--no-stdin", action="store_true", help="do not read questions from standard input")
 

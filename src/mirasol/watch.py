@@ -11,10 +11,11 @@ decoded forward, once, in a reader thread; each chunk goes into the model's stre
 - a question typed on standard input is answered at once, about what has been seen so far.
 
 Falling behind (policy): when the model is slower than a live source, chunks wait in a queue.
-Whenever more than one is waiting, only the newest is pushed and the others are dropped and
-counted (their seconds are missing from the model's memory), so the answers stay close to live
-instead of building a backlog. A finished file is never dropped from: its reader waits for the
-model.
+Once the oldest waiting chunk has waited more than `max_behind` seconds (`--max-behind`, default
+DEFAULT_MAX_BEHIND_S), only the newest is pushed and the others are dropped and counted (their
+seconds are missing from the model's memory), so the answers stay close to live instead of
+building a backlog; a burst that the model clears in time (a stream's start) loses nothing. A
+finished file is never dropped from: its reader waits for the model.
 
 Exit status: 0 when `--until` is reached or a file ends; EXIT_ENDED when a live source closes or
 fails; EXIT_STALLED when it sends nothing for `--stall-timeout` seconds; EXIT_NO_AUDIO when it has
@@ -25,6 +26,7 @@ before stays printed.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import sys
 import threading
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 
 from mirasol.errors import UsageError
 
+DEFAULT_MAX_BEHIND_S = 2.0
 EXIT_ENDED = 3
 EXIT_STALLED = 4
 EXIT_NO_AUDIO = 5
@@ -94,6 +97,7 @@ def _read_questions(stream, out: queue.Queue) -> None:
 def watch(run: str, source: str, asks: list[str] | None = None, every: float | None = None,
           whens: list[tuple[str, str]] | None = None, window: int | None = None, until: float | None = None,
           realtime: bool = False, follow: bool | None = None, stall_timeout: float = 10.0, silent: bool = False,
+          max_behind: float = DEFAULT_MAX_BEHIND_S,
           as_json: bool = False, out=None, log=None, stdin=None) -> WatchResult:
     """Watch `source` with the run's model; print each answer to `out` (a line, or a JSON object a
     line) and notes to `log`. Returns the result with its exit status (see the module doc)."""
@@ -109,6 +113,8 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
         raise UsageError(f"--until takes a positive number of seconds, got {until:g}")
     if window is not None and window < 1:
         raise UsageError(f"--window takes a number of chunks >= 1, got {window}")
+    if max_behind < 0:
+        raise UsageError(f"--max-behind takes seconds >= 0, got {max_behind:g}")
     if stall_timeout <= 0:
         raise UsageError(f"--stall-timeout takes a positive number of seconds, got {stall_timeout:g}")
     model, tokenizer, stats, _ = load_run(run)
@@ -157,7 +163,7 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
             where = f" (chunk {extra['chunk']}: {extra['chunk_start']:g}-{extra['chunk_end']:g} s)" if extra else ""
             print(f"[{result.video_seconds:g} s] {question} -> {text}{where}", file=out, flush=True)
 
-    next_at = every
+    next_at, answered_at = every, 0.0
     latest = None
     pending_when = list(whens)
     ending = None
@@ -176,7 +182,8 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
                 ending = payload
                 break
             skipped = 0
-            while live and not items.empty():  # behind live: keep only the newest chunk
+            behind = live and time.time() - payload.arrived > max_behind
+            while behind and not items.empty():  # too far behind live: keep only the newest chunk
                 tag2, newer = items.get()
                 if tag2 == "end":
                     items.put((tag2, newer))  # said after this chunk
@@ -198,10 +205,12 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
                     pending_when.remove((question, expected))
                     emit("when", question, text, latest,
                          {"chunk": chunk.index, "chunk_start": chunk.start, "chunk_end": chunk.end})
-            while asks and result.video_seconds >= next_at - 1e-6:
+            if asks and result.video_seconds >= next_at - 1e-6:
                 for question in asks:
                     emit("ask", question, answer(session, question), latest)
-                next_at += every
+                answered_at = result.video_seconds
+                # once for every point passed (after a drop, several), then the next one ahead
+                next_at += every * max(1, math.floor((result.video_seconds - next_at) / every + 1e-6) + 1)
     except KeyboardInterrupt:
         stop.set()
         raise
@@ -209,7 +218,7 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
         stop.set()
         result.wall_seconds = time.time() - wall0
     if ending is None:
-        if asks and result.video_seconds > next_at - every + 1e-6 and (until is None or result.video_seconds < until):
+        if asks and result.video_seconds > answered_at + 1e-6 and (until is None or result.video_seconds < until):
             for question in asks:  # the end of a file: answer about all of it
                 emit("ask", question, answer(session, question), latest)
         return result

@@ -47,6 +47,9 @@ from mirasol.media.features import audio_features, fft_size
 
 NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "hls", "srt", "tcp")
 DEFAULT_STALL_TIMEOUT_S = 10.0
+# A live source's streams are identified from this much of it (FFmpeg's default, 5 s, would hold
+# the first answers back by as much).
+LIVE_ANALYZE_US = "1000000"
 # A followed file is polled this often for new bytes.
 FOLLOW_POLL_S = 0.05
 # A file modified this recently is taken to be still written, and followed.
@@ -96,18 +99,21 @@ class _FollowedFile:
 
     def __init__(self, path: str, idle_s: float):
         self.file, self.idle_s = open(path, "rb"), idle_s  # noqa: SIM115 (closed by close())
+        self.ended = False
 
     def read(self, n: int) -> bytes:
         waited_since = None
-        while True:
+        while not self.ended:
             data = self.file.read(n)
             if data:
                 return data
             now = time.monotonic()
             waited_since = waited_since or now
             if now - waited_since >= self.idle_s:
-                return b""
-            time.sleep(FOLLOW_POLL_S)
+                self.ended = True  # for good: the demuxer may ask again after end of file
+            else:
+                time.sleep(FOLLOW_POLL_S)
+        return b""
 
     def close(self) -> None:
         self.file.close()
@@ -118,13 +124,14 @@ def _open_source(source: str, kind: str, stall_timeout: float):
     try:
         if kind == "growing":
             handle = _FollowedFile(source, stall_timeout)
-            return av.open(handle, metadata_errors="ignore"), handle
+            return av.open(handle, metadata_errors="ignore", options={"analyzeduration": LIVE_ANALYZE_US}), handle
         if kind == "file":
             if os.path.getsize(source) == 0:
                 raise MediaError(source, "empty file (0 bytes)")
             return av.open(source, metadata_errors="ignore"), None
-        options = {"format": "v4l2"} if kind == "device" else {}
-        return av.open(source, metadata_errors="ignore", timeout=(stall_timeout, stall_timeout), **options), None
+        device = {"format": "v4l2"} if kind == "device" else {}
+        return av.open(source, metadata_errors="ignore", timeout=(stall_timeout, stall_timeout),
+                       options={"analyzeduration": LIVE_ANALYZE_US}, **device), None
     except (av.FFmpegError, OSError) as error:
         if kind in ("network", "device") and isinstance(error, av.ExitError):
             raise SourceStalled(source, f"nothing arrived within {stall_timeout:g} s of opening it") from None

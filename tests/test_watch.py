@@ -324,3 +324,14 @@ def test_bad_arguments(run, world, capsys):
     assert "file not found" in capsys.readouterr().err
     assert cli(["watch", "--run", str(run), str(mp4), "--when", "x"]) == 2
     assert "question=answer" in capsys.readouterr().err
+
+
+def test_bench_watch_reports_real_time_factors_and_memory(tmp_path, monkeypatch):
+    from mirasol.perf import bench_watch
+
+    monkeypatch.setenv("MIRASOL_BENCH_DIR", str(tmp_path))
+    result = bench_watch(presets=("tiny",), seconds=8, hour_seconds=24, repeats=1, step_batch=2, quiet=True)
+    [row] = result["rows"]
+    assert row["preset"] == "tiny" and row["rtf_chunks"] > 0 and row["rtf_answering"] > 0 and row["step_ms"] > 0
+    memory = result["memory"]
+    assert memory["video_seconds"] == 24 and [v for v, _ in memory["rss_kb"]] == [2 * k for k in range(1, 13)]

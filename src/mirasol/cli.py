@@ -166,9 +166,9 @@ def cmd_bench(args) -> int:
         options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
     if args.precision:
         options["precision"] = args.precision
-    if options and args.what not in ("step", "all") and not (args.what == "serve" and set(options) == {"preset"}):
+    if options and args.what not in ("step", "all") and not (args.what in ("serve", "watch") and set(options) == {"preset"}):
         raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision apply to `bench step` only "
-                         "(and --preset to `bench serve`)")
+                         "(and --preset to `bench serve` and `bench watch`)")
     run(args.what, args.out, options)
     return 0
 

@@ -23,9 +23,10 @@ def cmd_synth(args) -> int:
     if getattr(args, "world", "default") == "long":
         from mirasol.corpora.long_world import DEFAULT_SECONDS, synthesize_long
 
-        result = synthesize_long(args.out, num=num, seed=seed, seconds=args.seconds or DEFAULT_SECONDS)
-    elif getattr(args, "seconds", None) is not None:
-        raise UsageError("--seconds applies to --world long")
+        result = synthesize_long(args.out, num=num, seed=seed, seconds=args.seconds or DEFAULT_SECONDS,
+                                 online=getattr(args, "online", False))
+    elif getattr(args, "seconds", None) is not None or getattr(args, "online", False):
+        raise UsageError("--seconds and --online apply to --world long")
     else:
         result = synthesize(args.out, num=num, seed=seed)
     print(f"wrote {result['num']} clips to {result['out']} in {result['seconds']:.1f} s "
@@ -107,8 +108,13 @@ def cmd_evaluate(args) -> int:
     from mirasol.eval.evaluate import evaluate, format_table
 
     # input errors: printed by `main`
-    report = evaluate(args.run, args.manifest, args.out, whole=args.whole, window=args.window, media=args.media)
+    report = evaluate(args.run, args.manifest, args.out, whole=args.whole, window=args.window, media=args.media,
+                      online=args.online)
     print(format_table(report))
+    if report.get("online"):
+        from mirasol.eval.online import format_online
+
+        print(format_online(report["online"]))
     print(f"report: {args.out}  predictions: {Path(args.out).with_name(report['predictions'])}")
     return 0
 
@@ -271,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: 4 s clips (the quickstart's world); long: 32 one-second segments with events "
                         "spread over the whole clip (mirasol/corpora/long_world.py)")
     p.add_argument("--seconds", type=int, default=None, help="--world long: clip length in seconds (default 32)")
+    p.add_argument("--online", action="store_true",
+                   help="--world long: add the online families (colour now, tones so far, has the burst happened "
+                        "yet), rows with `at` for `mirasol evaluate --online`")
 
     p = sub.add_parser("prepare", help=COMMANDS["prepare"][1], description=COMMANDS["prepare"][1])
     p.add_argument("--manifest", required=True, nargs="+", help="manifest(s), JSON Lines")
@@ -319,8 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole", action="store_true",
                    help="stream each row's whole video chunk by chunk (as `ask --whole`), whatever the run's "
                         "training window")
+    p.add_argument("--online", action="store_true",
+                   help="stream each video once and answer each row with `at` (seconds) from the video before "
+                        "`at` only; the report adds accuracy by when the question was asked")
     p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
-                   help="with --whole: the AV model attends to the last CHUNKS chunks only")
+                   help="with --whole or --online: the AV model attends to the last CHUNKS chunks only")
     p.add_argument("--media", default="none", choices=["none", "zero_audio", "zero_video", "zero_media", "shuffle"],
                    help="a test-time control: audio or video (or both) replaced by silence / black frames, or the "
                         "time chunks shuffled (default: none)")

@@ -103,7 +103,8 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
     line) and notes to `log`. Returns the result with its exit status (see the module doc)."""
     from mirasol.media.decode import MediaError, NoAudioError
     from mirasol.media.live import SourceEnded, SourceStalled, live_chunks, source_kind
-    from mirasol.run_dir import load_run
+    from mirasol.run_config import load_run_config
+    from mirasol.run_dir import check_run_dir, load_run
 
     out = sys.stdout if out is None else out
     asks, whens = list(asks or []), list(whens or [])
@@ -117,29 +118,36 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
         raise UsageError(f"--max-behind takes seconds >= 0, got {max_behind:g}")
     if stall_timeout <= 0:
         raise UsageError(f"--stall-timeout takes a positive number of seconds, got {stall_timeout:g}")
-    model, tokenizer, stats, _ = load_run(run)
-    model.eval()
-    cfg = model.cfg
-    every = cfg.chunk_seconds if every is None else every
-    answer = _Answerer(model, tokenizer, stats, source)
-    session = model.stream(max_context_chunks=window, keep_latents=window)
 
     kind = source_kind(source, follow)
+    cfg = load_run_config(check_run_dir(run)).model  # the media settings, read before the weights
     chunks = live_chunks(source, cfg, realtime=realtime, follow=kind == "growing", stall_timeout=stall_timeout,
                          silent_ok=silent, until=until)  # opens nothing until iterated
     live = kind != "file" or realtime
     items: queue.Queue = queue.Queue(maxsize=0 if live else FILE_QUEUE_CHUNKS)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def read() -> None:
         try:
             for item in chunks:
-                if stop.is_set():
+                if not put(("chunk", item)):
                     break
-                items.put(("chunk", item))
-            items.put(("end", None))
+                if until is not None and item.chunk.end >= until - 1e-6:
+                    put(("end", None))
+                    stop.wait()  # closing the source (a network one can take seconds) waits for the answers
+                    return
+            put(("end", None))
         except BaseException as error:  # handed to the main thread, which says it
-            items.put(("end", error))
+            put(("end", error))
         finally:
             chunks.close()
 
@@ -148,8 +156,17 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
         threading.Thread(target=_read_questions, args=(stdin, typed), daemon=True).start()
     reader = threading.Thread(target=read, daemon=True)
     result = WatchResult(status=0)
-    wall0 = time.time()
-    reader.start()
+    reader.start()  # a live source is opened (and buffered) while the model loads
+    try:
+        model, tokenizer, stats, _ = load_run(run)
+    except BaseException:
+        stop.set()
+        raise
+    model.eval()
+    every = cfg.chunk_seconds if every is None else every
+    answer = _Answerer(model, tokenizer, stats, source)
+    session = model.stream(max_context_chunks=window, keep_latents=window)
+    ready = time.time()  # chunks that waited for the model to load are not "behind"
 
     def emit(kind_: str, question: str, text: str, latest, extra: dict | None = None) -> None:
         now = time.time()
@@ -181,8 +198,8 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
             if tag == "end":
                 ending = payload
                 break
-            skipped = 0
-            behind = live and time.time() - payload.arrived > max_behind
+            skipped, behind_s = 0, time.time() - max(payload.arrived, ready)
+            behind = live and behind_s > max_behind
             while behind and not items.empty():  # too far behind live: keep only the newest chunk
                 tag2, newer = items.get()
                 if tag2 == "end":
@@ -192,7 +209,7 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
             if skipped:
                 result.dropped += skipped
                 if log is not None:
-                    print(f"note: {time.time() - payload.arrived + skipped * cfg.chunk_seconds:.1f} s behind live; "
+                    print(f"note: {behind_s:.1f} s behind live; "
                           f"dropped {skipped} chunk(s) ({result.dropped} in all) to catch up", file=log, flush=True)
             latest = payload
             chunk = payload.chunk
@@ -211,12 +228,9 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
                 answered_at = result.video_seconds
                 # once for every point passed (after a drop, several), then the next one ahead
                 next_at += every * max(1, math.floor((result.video_seconds - next_at) / every + 1e-6) + 1)
-    except KeyboardInterrupt:
-        stop.set()
-        raise
     finally:
         stop.set()
-        result.wall_seconds = time.time() - wall0
+        result.wall_seconds = time.time() - ready
     if ending is None:
         if asks and result.video_seconds > answered_at + 1e-6 and (until is None or result.video_seconds < until):
             for question in asks:  # the end of a file: answer about all of it

@@ -15,6 +15,9 @@ latest picture with pts <= t * chunk_seconds + (i + 0.5) / fps (media/decode.py'
 rule), audio is resampled to mono and placed by timestamp, and the log-mel frames near a chunk's
 edges read the neighbouring chunks' samples. A chunk counts when real content reaches its first
 frame time; the last one is padded (last frame held, silence) and says how much of it is real.
+A network stream or device joined mid-stream starts at its first decodable picture instead (time
+0; audio before it is dropped), and undecodable packets until then (or lost ones later) are
+skipped, until none has decoded for `stall_timeout` seconds.
 
 How a source ends (each raises a MediaError subclass naming the source, so a caller can say it in
 one line and keep what it already answered):
@@ -50,6 +53,9 @@ DEFAULT_STALL_TIMEOUT_S = 10.0
 # A live source's streams are identified from this much of it (FFmpeg's default, 5 s, would hold
 # the first answers back by as much).
 LIVE_ANALYZE_US = "1000000"
+# UDP: a large socket buffer and receive queue, so that a busy moment loses no datagrams, and a
+# queue overrun loses data instead of ending the stream.
+UDP_OPTIONS = {"buffer_size": str(8 << 20), "fifo_size": str(50_000), "overrun_nonfatal": "1"}
 # A followed file is polled this often for new bytes.
 FOLLOW_POLL_S = 0.05
 # A file modified this recently is taken to be still written, and followed.
@@ -130,8 +136,11 @@ def _open_source(source: str, kind: str, stall_timeout: float):
                 raise MediaError(source, "empty file (0 bytes)")
             return av.open(source, metadata_errors="ignore"), None
         device = {"format": "v4l2"} if kind == "device" else {}
-        return av.open(source, metadata_errors="ignore", timeout=(stall_timeout, stall_timeout),
-                       options={"analyzeduration": LIVE_ANALYZE_US}, **device), None
+        options = {"analyzeduration": LIVE_ANALYZE_US}
+        if urlparse(source).scheme.lower() in ("udp", "rtp"):
+            options.update(UDP_OPTIONS)
+        return av.open(source, metadata_errors="ignore", timeout=(stall_timeout, stall_timeout), options=options,
+                       **device), None
     except (av.FFmpegError, OSError) as error:
         if kind in ("network", "device") and isinstance(error, av.ExitError):
             raise SourceStalled(source, f"nothing arrived within {stall_timeout:g} s of opening it") from None
@@ -313,6 +322,9 @@ def _run(container, source: str, kind: str, cfg: MirasolConfig, realtime: bool, 
         raise NoAudioError(source, "no audio stream: the model would hear only silence (pass --silent to "
                                    "watch it anyway)")
     origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+    live = kind in ("network", "device")
+    # Joined mid-stream, nothing is shown before the first keyframe: time 0 is the first picture.
+    joined = not live
     pixel_aspect = float(video.codec_context.sample_aspect_ratio or 1) or 1.0
     assembler = _Assembler(cfg, lambda f: _square_image(f, cfg.image_size, cfg.resize, pixel_aspect),
                            audio is not None)
@@ -320,11 +332,10 @@ def _run(container, source: str, kind: str, cfg: MirasolConfig, realtime: bool, 
     nominal_step = 1 / float(video.average_rate) if video.average_rate else 1 / 25
     video.thread_type = "AUTO"
     max_chunks = None if until is None else max(1, math.ceil(until / cfg.chunk_seconds - 1e-9))
-    live = kind in ("network", "device")
-    wall0 = time.monotonic()
+    wall0 = last_good = time.monotonic()
 
     def feed_audio(frames) -> None:
-        for out in frames:
+        for out in frames if joined else ():
             out_time = _seconds(out.pts, out.time_base)
             assembler.audio.push(out.to_ndarray()[0], None if out_time is None else out_time - origin)
 
@@ -338,14 +349,23 @@ def _run(container, source: str, kind: str, cfg: MirasolConfig, realtime: bool, 
                 delay = wall0 + (packet_time - origin) - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                if not live or time.monotonic() - last_good > stall_timeout:
+                    raise
+                continue  # joined mid-stream: undecodable until the next keyframe (or a lost packet)
+            last_good = time.monotonic()
             if packet.stream is video:
-                for frame in packet.decode():
+                for frame in frames:
                     t = _seconds(frame.pts, frame.time_base)
+                    if not joined:
+                        origin, joined = (origin if t is None else t), True
                     t = (assembler.frames.last_time or 0.0) + nominal_step if t is None else t - origin
                     shown_for = _seconds(getattr(frame, "duration", None), frame.time_base) or nominal_step
                     assembler.frames.push(frame, t, shown_for)
             else:
-                for frame in packet.decode():
+                for frame in frames:
                     feed_audio(resampler.resample(frame))
             while assembler.ready():
                 yield LiveChunk(assembler.take(), time.time())

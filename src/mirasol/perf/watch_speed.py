@@ -138,7 +138,7 @@ def bench_watch(presets=("tiny", "small", "base"), seconds: int = 32, every: flo
         stream = looped_stream(clip, seconds, hour_seconds, folder / f"loop-{int(hour_seconds)}s.ts")
         recorder = _Recorder()
         began = time.perf_counter()
-        result = watch(str(random_run("tiny", folder)), str(stream), asks=[QUESTION], every=hour_seconds / 12,
+        result = watch(str(random_run("tiny", folder)), str(stream), asks=[QUESTION], every=hour_seconds / 60,
                        window=window, follow=False, as_json=True, out=recorder)
         memory = {"video_seconds": result.video_seconds, "wall_s": time.perf_counter() - began, "window": window,
                   "rss_kb": recorder.points}

@@ -357,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=COMMANDS["watch"][1] + ".",
                        epilog="SOURCE: a file being written (followed as it grows: MPEG-TS, Matroska/WebM or "
                               "fragmented MP4), a stream FFmpeg opens live (udp://, rtp://, rtsp://, rtmp://, "
-                              "http(s)://, hls://, srt://, tcp://), a capture device (/dev/video*), or a finished "
+                              "http(s):// including HLS .m3u8 playlists, srt://, tcp://), a capture device (/dev/video*), or a finished "
                               "file (as fast as it decodes; --realtime: at its own pace).\n\n"
+                              "A line typed on standard input is a question answered at once about what has "
+                              "been seen so far (--no-stdin: off).\n\n"
                               "When the model falls behind a live source (--max-behind) it drops to the newest "
                               "chunk and counts the chunks dropped.\n\n"
                               "Exit status: 0 at --until or the end of a file; 3 the live source ended or failed; "

@@ -4,8 +4,8 @@
         session.push(live.chunk.video[None], live.chunk.audio[None])
 
 A source is read once, front to back, with no seeking: a file that is still being written
-(followed as it grows), a network stream FFmpeg opens live (udp, rtp, rtsp, rtmp, http(s), hls,
-srt, tcp), a capture device (/dev/video*: v4l2), or a finished file (as fast as it decodes, or
+(followed as it grows), a network stream FFmpeg opens live (udp, rtp, rtsp, rtmp, http(s) and
+HLS playlists, srt, tcp), a capture device (/dev/video*: v4l2), or a finished file (as fast as it decodes, or
 at its own pace with `realtime`). Chunk t is yielded as soon as its seconds, and the few
 milliseconds of the next one that its spectrogram reads, have arrived.
 
@@ -48,7 +48,7 @@ from mirasol.media.decode import (_AUDIO_JITTER_S, MediaError, NoAudioError, _Mo
                                   _seconds, _square_image)
 from mirasol.media.features import audio_features, fft_size
 
-NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "hls", "srt", "tcp")
+NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "srt", "tcp")  # HLS: an http(s) .m3u8 URL
 DEFAULT_STALL_TIMEOUT_S = 10.0
 # A live source's streams are identified from this much of it (FFmpeg's default, 5 s, would hold
 # the first answers back by as much).

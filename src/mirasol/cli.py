@@ -172,7 +172,8 @@ def cmd_bench(args) -> int:
         options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
     if args.precision:
         options["precision"] = args.precision
-    if options and args.what not in ("step", "all") and not (args.what in ("serve", "watch") and set(options) == {"preset"}):
+    preset_only = args.what in ("serve", "watch") and set(options) == {"preset"}
+    if options and args.what not in ("step", "all") and not preset_only:
         raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision apply to `bench step` only "
                          "(and --preset to `bench serve` and `bench watch`)")
     run(args.what, args.out, options)
@@ -357,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=COMMANDS["watch"][1] + ".",
                        epilog="SOURCE: a file being written (followed as it grows: MPEG-TS, Matroska/WebM or "
                               "fragmented MP4), a stream FFmpeg opens live (udp://, rtp://, rtsp://, rtmp://, "
-                              "http(s):// including HLS .m3u8 playlists, srt://, tcp://), a capture device (/dev/video*), or a finished "
-                              "file (as fast as it decodes; --realtime: at its own pace).\n\n"
+                              "http(s):// including HLS .m3u8 playlists, srt://, tcp://), a capture device "
+                              "(/dev/video*), or a finished file (as fast as it decodes; --realtime: at its own "
+                              "pace).\n\n"
                               "A line typed on standard input is a question answered at once about what has "
                               "been seen so far (--no-stdin: off).\n\n"
                               "When the model falls behind a live source (--max-behind) it drops to the newest "

@@ -81,7 +81,8 @@ class _Answerer:
             self.prompts[question] = _prompt(self.model, self.tokenizer, self.source, question, self.stats)
         sample, prompt_ids = self.prompts[question]
         [text] = predict_from_memory(self.model, self.tokenizer, session.latents().flatten(1, 2), prompt_ids,
-                                     [sample], labels=self.stats.get("labels"), max_new_tokens=answer_budget(self.stats))
+                                     [sample], labels=self.stats.get("labels"),
+                                     max_new_tokens=answer_budget(self.stats))
         return text
 
 

@@ -38,7 +38,8 @@ def answer_online(model, tokenizer, stats, samples, window, device, progress) ->
 
     def answer(session, index: list[int]) -> None:
         batch = [samples[i] for i in index]
-        for i, row in zip(index, score_rows(batch, answer_from_stream(model, tokenizer, stats, session, batch, device))):
+        answers = answer_from_stream(model, tokenizer, stats, session, batch, device)
+        for i, row in zip(index, score_rows(batch, answers)):
             rows[i] = {**row, "at": samples[i].at}
 
     with torch.no_grad():

@@ -5,8 +5,8 @@
 
 A source is read once, front to back, with no seeking: a file that is still being written
 (followed as it grows), a network stream FFmpeg opens live (udp, rtp, rtsp, rtmp, http(s) and
-HLS playlists, srt, tcp), a capture device (/dev/video*: v4l2), or a finished file (as fast as it decodes, or
-at its own pace with `realtime`). Chunk t is yielded as soon as its seconds, and the few
+HLS playlists, srt, tcp), a capture device (/dev/video*: v4l2), or a finished file (as fast as
+it decodes, or at its own pace with `realtime`). Chunk t is yielded as soon as its seconds, and the few
 milliseconds of the next one that its spectrogram reads, have arrived.
 
 The chunks equal those of `iter_chunks` (the path `ask --at` streams): chunk t covers seconds
@@ -282,7 +282,8 @@ class _Assembler:
     def real_seconds(self, t: int) -> float:
         """How much of chunk t is real at the end of the stream (decode_media's video / audio seconds)."""
         cfg, ws = self.cfg, t * self.cfg.chunk_seconds
-        video = cfg.chunk_seconds if self.frames.filled(t) else max(0.0, min(self.frames.end_time, ws + cfg.chunk_seconds) - ws)
+        end = min(self.frames.end_time, ws + cfg.chunk_seconds)
+        video = cfg.chunk_seconds if self.frames.filled(t) else max(0.0, end - ws)
         audio = min(max(self.audio.real_end - t * self.n, 0), self.n) / cfg.sample_rate
         return min(cfg.chunk_seconds, max(video, audio))
 

@@ -22,7 +22,7 @@ import torch
 
 from mirasol import Mirasol, MirasolConfig
 from mirasol.cli import main as cli
-from mirasol.corpora.long_world import plan_long, render_clip
+from mirasol.corpora.long_world import plan_long, render_clip, synthesize_long
 from mirasol.data.tokenizer import MirasolTokenizer
 from mirasol.media.chunk_reader import iter_chunks
 from mirasol.media.live import live_chunks, source_kind
@@ -334,3 +334,28 @@ def test_bench_watch_reports_real_time_factors_and_memory(tmp_path, monkeypatch)
     memory = result["memory"]
     assert memory["video_seconds"] == 64  # the 8 s clip looped past 60 s
     assert [v for v, _ in memory["rss_kb"]] == list(range(1, 65)) and all(kb > 0 for _, kb in memory["rss_kb"])
+
+
+@pytest.mark.slow
+def test_when_fires_at_the_bursts_chunk_on_a_trained_run(tmp_path):
+    """A tiny model trained for a few minutes on the long world's online families (rows with `at`)
+    answers "has the noise burst happened yet?" from the stream: the alert lands on the chunk of
+    the second the noise plays in."""
+    from mirasol.run_config import load_run_config as config_for
+    from mirasol.train.loop import train
+
+    data = tmp_path / "world"
+    synthesize_long(data, num=150, seconds=16, online=True, progress=False)
+    cfg = config_for("tiny", ["model.num_chunks=16", "train.batch_size=16", "train.questions_per_clip=1",
+                              "train.max_steps=800", "train.warmup_steps=80", "train.eval_every=0",
+                              "train.plots=false", "train.save_every=800"])
+    train(cfg, str(data / "train.jsonl"), None, tmp_path / "run", progress=False)
+    specs = json.loads((data / "world.json").read_text())["specs"]
+    fired = []
+    for spec in [s for s in specs if s["split"] == "test"][:5]:
+        out = io.StringIO()
+        watch(str(tmp_path / "run"), str(data / "clips" / f"{spec['clip']}.mp4"),
+              whens=[parse_when("has the noise burst happened yet?=yes")], out=out, as_json=True)
+        alerts = json_lines(out.getvalue())
+        fired.append(bool(alerts) and alerts[0]["chunk"] == spec["noise"])
+    assert sum(fired) >= 4, fired

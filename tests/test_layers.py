@@ -26,7 +26,7 @@ LAYERS = [
     ["mirasol.run_dir"],
     ["mirasol.eval"],
     ["mirasol.train"],
-    ["mirasol.ask", "mirasol.quickstart", "mirasol.perf", "mirasol.serve", "mirasol.ablate"],
+    ["mirasol.ask", "mirasol.watch", "mirasol.quickstart", "mirasol.perf", "mirasol.serve", "mirasol.ablate"],
     ["mirasol.cli"],
     ["mirasol"],  # the package's __init__: its re-exports are lazy, resolved when first used
 ]

@@ -10,12 +10,18 @@ bash scripts/setup.sh
 # `lmms-eval` extra is left out (docs/lmms-eval.md: its torchvision is a CUDA build that breaks
 # transformers on the CPU torch); its tests drive the model through a stand-in instead.
 pip install -q -e ".[dev,hf,hub,serve,serve-gradio,serve-test]"
-# The page's browser test drives the system's Chromium (Debian's package; Playwright's own browser
-# download is not used). Installed where the script may (root with apt-get); otherwise that test says why it was skipped.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "installing chromium for the browser test (apt-get)"
-    apt-get install -y -q chromium >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
-        || echo "warning: could not install chromium; the browser test will be skipped"
-fi
+# System tools some tests drive, from Debian's packages, installed where the script may; otherwise those
+# tests say why they were skipped. The page's browser test drives Chromium (Playwright's own
+# browser download is not used); the live-stream test of `mirasol watch` plays a clip over UDP
+# with ffmpeg.
+apt_install() {  # COMMAND PACKAGE WHAT
+    if ! command -v "$1" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "installing $2 for $3 (apt-get)"
+        apt-get install -y -q "$2" >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$2" >/dev/null 2>&1; } \
+            || echo "warning: could not install $2; $3 will be skipped"
+    fi
+}
+apt_install chromium chromium "the browser test"
+apt_install ffmpeg ffmpeg "the live-stream test"
 python -m pytest -q "$@"

@@ -26,8 +26,8 @@ LAYERS = [
     ["mirasol.run_dir"],
     ["mirasol.eval"],
     ["mirasol.train"],
-    ["mirasol.ask", "mirasol.quickstart", "mirasol.perf", "mirasol.serve", "mirasol.ablate", "mirasol.export",
-     "mirasol.model_card", "mirasol.lmms_eval"],
+    ["mirasol.ask", "mirasol.watch", "mirasol.quickstart", "mirasol.perf", "mirasol.serve", "mirasol.ablate",
+     "mirasol.export", "mirasol.model_card", "mirasol.lmms_eval"],
     ["mirasol.cli"],
     ["mirasol"],  # the package's __init__: its re-exports are lazy, resolved when first used
 ]

@@ -23,9 +23,10 @@ def cmd_synth(args) -> int:
     if getattr(args, "world", "default") == "long":
         from mirasol.corpora.long_world import DEFAULT_SECONDS, synthesize_long
 
-        result = synthesize_long(args.out, num=num, seed=seed, seconds=args.seconds or DEFAULT_SECONDS)
-    elif getattr(args, "seconds", None) is not None:
-        raise UsageError("--seconds applies to --world long")
+        result = synthesize_long(args.out, num=num, seed=seed, seconds=args.seconds or DEFAULT_SECONDS,
+                                 online=getattr(args, "online", False))
+    elif getattr(args, "seconds", None) is not None or getattr(args, "online", False):
+        raise UsageError("--seconds and --online apply to --world long")
     else:
         result = synthesize(args.out, num=num, seed=seed)
     print(f"wrote {result['num']} clips to {result['out']} in {result['seconds']:.1f} s "
@@ -107,8 +108,13 @@ def cmd_evaluate(args) -> int:
     from mirasol.eval.evaluate import evaluate, format_table
 
     # input errors: printed by `main`
-    report = evaluate(args.run, args.manifest, args.out, whole=args.whole, window=args.window, media=args.media)
+    report = evaluate(args.run, args.manifest, args.out, whole=args.whole, window=args.window, media=args.media,
+                      online=args.online)
     print(format_table(report))
+    if report.get("online"):
+        from mirasol.eval.online import format_online
+
+        print(format_online(report["online"]))
     print(f"report: {args.out}  predictions: {Path(args.out).with_name(report['predictions'])}")
     return 0
 
@@ -126,6 +132,23 @@ def cmd_ask(args) -> int:
             raise UsageError("--window applies to streaming: add --whole or --at")
         print(ask(args.run, args.video, args.question, args.start, args.end, log=sys.stderr, family=args.family))
     return 0
+
+
+def cmd_watch(args) -> int:
+    from mirasol.watch import parse_when, watch
+
+    follow = {"auto": None, "yes": True, "no": False}[args.follow]
+    result = watch(args.run, args.source, asks=args.ask, every=args.every,
+                   whens=[parse_when(w) for w in args.when], window=args.window, until=args.until,
+                   realtime=args.realtime, follow=follow, stall_timeout=args.stall_timeout, silent=args.silent,
+                   max_behind=args.max_behind,
+                   as_json=args.json, log=sys.stderr, stdin=None if args.no_stdin else sys.stdin)
+    rate = result.video_seconds / result.wall_seconds if result.wall_seconds > 0 else 0.0
+    print(f"watched {result.video_seconds:g} s of video in {result.wall_seconds:.1f} s ({rate:.2f}x real time): "
+          f"{result.chunks} chunks, {result.dropped} dropped", file=sys.stderr)
+    if result.message:
+        print(f"mirasol watch: {result.message}", file=sys.stderr)
+    return result.status
 
 
 def cmd_quickstart(args) -> int:
@@ -149,9 +172,10 @@ def cmd_bench(args) -> int:
         options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
     if args.precision:
         options["precision"] = args.precision
-    if options and args.what not in ("step", "all") and not (args.what == "serve" and set(options) == {"preset"}):
+    preset_only = args.what in ("serve", "watch") and set(options) == {"preset"}
+    if options and args.what not in ("step", "all") and not preset_only:
         raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision apply to `bench step` only "
-                         "(and --preset to `bench serve`)")
+                         "(and --preset to `bench serve` and `bench watch`)")
     run(args.what, args.out, options)
     return 0
 
@@ -266,6 +290,7 @@ COMMANDS = {
     "train": (cmd_train, "train a model"),
     "evaluate": (cmd_evaluate, "evaluate a trained run on a manifest"),
     "ask": (cmd_ask, "ask a trained run about a video file"),
+    "watch": (cmd_watch, "follow a live video (a stream, a device, a growing file) and answer questions as it plays"),
     "quickstart": (cmd_quickstart, "synth + train + evaluate on the built-in dataset"),
     "bench": (cmd_bench, "performance benchmarks"),
     "ablate": (cmd_ablate, "train and evaluate the ablation grid on the long world (resumable)"),
@@ -298,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: 4 s clips (the quickstart's world); long: 32 one-second segments with events "
                         "spread over the whole clip (mirasol/corpora/long_world.py)")
     p.add_argument("--seconds", type=int, default=None, help="--world long: clip length in seconds (default 32)")
+    p.add_argument("--online", action="store_true",
+                   help="--world long: add the online families (colour now, tones so far, has the burst happened "
+                        "yet), rows with `at` for `mirasol evaluate --online`")
 
     p = sub.add_parser("prepare", help=COMMANDS["prepare"][1], description=COMMANDS["prepare"][1])
     p.add_argument("--manifest", required=True, nargs="+", help="manifest(s), JSON Lines")
@@ -345,8 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole", action="store_true",
                    help="stream each row's whole video chunk by chunk (as `ask --whole`), whatever the run's "
                         "training window")
+    p.add_argument("--online", action="store_true",
+                   help="stream each video once and answer each row with `at` (seconds) from the video before "
+                        "`at` only; the report adds accuracy by when the question was asked")
     p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
-                   help="with --whole: the AV model attends to the last CHUNKS chunks only")
+                   help="with --whole or --online: the AV model attends to the last CHUNKS chunks only")
     p.add_argument("--media", default="none", choices=MEDIA_CONTROLS,
                    help="a test-time control: audio or video (or both) replaced by silence / black frames, or the "
                         "time chunks shuffled (default: none)")
@@ -366,6 +397,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, metavar="TYPE",
                    help="answer by choosing the best-scoring of the answers this question family (a manifest "
                         "`type`) had in training, instead of decoding freely")
+
+    p = sub.add_parser("watch", help=COMMANDS["watch"][1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=COMMANDS["watch"][1] + ".",
+                       epilog="SOURCE: a file being written (followed as it grows: MPEG-TS, Matroska/WebM or "
+                              "fragmented MP4), a stream FFmpeg opens live (udp://, rtp://, rtsp://, rtmp://, "
+                              "http(s):// including HLS .m3u8 playlists, srt://, tcp://), a capture device "
+                              "(/dev/video*), or a finished file (as fast as it decodes; --realtime: at its own "
+                              "pace).\n\n"
+                              "A line typed on standard input is a question answered at once about what has "
+                              "been seen so far (--no-stdin: off).\n\n"
+                              "When the model falls behind a live source (--max-behind) it drops to the newest "
+                              "chunk and counts the chunks dropped.\n\n"
+                              "Exit status: 0 at --until or the end of a file; 3 the live source ended or failed; "
+                              "4 it stalled (--stall-timeout); 5 it has no audio (see --silent); 2 bad input.")
+    p.add_argument("--run", required=True, help="run directory of a trained model")
+    p.add_argument("source", help="file, stream URL or /dev/video device")
+    p.add_argument("--ask", action="append", default=[], metavar="QUESTION",
+                   help="a question answered every --every seconds of video (repeatable)")
+    p.add_argument("--every", type=float, default=None, metavar="S",
+                   help="answer the --ask questions every S seconds of video (default: every chunk)")
+    p.add_argument("--when", action="append", default=[], metavar="QUESTION=ANSWER",
+                   help="say the first chunk after which QUESTION's answer is ANSWER (repeatable), e.g. "
+                        "--when \"what color is the object?=red\"")
+    p.add_argument("--window", type=int, default=None, metavar="CHUNKS",
+                   help="the model attends to, and answers about, the last CHUNKS chunks only (flat memory)")
+    p.add_argument("--until", type=float, default=None, metavar="S", help="stop after S seconds of video")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object a line: video_seconds, question, answer, wall_time, lag_seconds, ...")
+    p.add_argument("--realtime", action="store_true", help="play a finished file at its own pace")
+    p.add_argument("--follow", choices=["auto", "yes", "no"], default="auto",
+                   help="follow a file as it grows (auto: when it was modified in the last few seconds)")
+    p.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                   help="a live source that sends nothing for S seconds ends the watch (default 10); a "
+                        "followed file that stops growing for S seconds is taken as finished")
+    p.add_argument("--max-behind", type=float, default=2.0, metavar="S",
+                   help="a live source: once a chunk has waited S seconds for the model, drop to the newest "
+                        "chunk (default 2; the chunks dropped are counted)")
+    p.add_argument("--silent", action="store_true", help="watch a source without audio (the model hears silence)")
+    p.add_argument("--no-stdin", action="store_true", help="do not read questions from standard input")
 
     p = sub.add_parser("quickstart", help=COMMANDS["quickstart"][1], description=COMMANDS["quickstart"][1])
     p.add_argument("--out", default="quickstart", help="working folder (default: ./quickstart)")

@@ -106,15 +106,22 @@ def load_train_stats(run: str | Path) -> dict:
     return json.loads(stats_file.read_text()) if stats_file.exists() else {"labels": [], "answer_prior": {}}
 
 
-def load_run(run: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer, train stats, run config) of a finished (or checkpointed) run, a `mirasol
-    export` folder, or the Hub repository id of one (mirasol/model/hub.py). config.json is read once, here."""
+def check_run_dir(run: str | Path) -> Path:
+    """`run` (a folder, or the Hub repository id of one: mirasol/model/hub.py) as a local Path, once
+    it holds a run's files (else FileNotFoundError saying what it lacks)."""
     from mirasol.model.hub import local_folder
 
     run = local_folder(run)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run / name} not found: is {run} a finished `mirasol train` run directory?")
+    return run
+
+
+def load_run(run: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer, train stats, run config) of a finished (or checkpointed) run, a `mirasol
+    export` folder, or the Hub repository id of one. config.json is read once, here."""
+    run = check_run_dir(run)
     run_cfg = load_run_config(run)
     model = Mirasol.from_pretrained(run, device, config=run_cfg.model)
     return model, load_tokenizer(run, run_cfg.model), load_train_stats(run), run_cfg

@@ -37,6 +37,17 @@ order         a visual and an audio event far        flash / noise (row has choi
               apart: which came first
 ============  =====================================  ================================  =========
 
+Online families (`--online`; rows with `at`, answered from the video before `at` only: `mirasol
+evaluate --online`). Four rows of each per clip, `at` a whole second drawn in each quarter of it:
+
+============  =====================================  ================================
+type          needs                                  answers
+============  =====================================  ================================
+color_now     video, the last second before `at`     red / green / blue / yellow
+tones_so_far  audio, counting up to `at`             zero / one / two / three / four
+burst_yet     audio, has the noise played by `at`    yes / no
+============  =====================================  ================================
+
 start_color, color_changes, first_pitch, tone_count and order are balanced within each split;
 the others are balanced in expectation. The audio answers cannot be read from the video or the
 other way round, except that sync_color needs both.
@@ -99,6 +110,18 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "tone_count": {"needs": "audio, counting", "answers": [NUMBER_WORDS[n] for n in TONE_COUNTS]},
     "order": {"needs": "video + audio, order", "answers": list(ORDERS)},
 }
+ONLINE_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "color_now": ("what color is the object now?", "what color is the object at the moment?"),
+    "tones_so_far": ("how many tones so far?", "how many tones have played so far?"),
+    "burst_yet": ("has the noise burst happened yet?", "has the noise played yet?"),
+}
+ONLINE_FAMILIES: dict[str, dict[str, Any]] = {
+    "color_now": {"needs": "video, the last second before `at`", "answers": list(COLOR_NAMES), "online": True},
+    "tones_so_far": {"needs": "audio, counting up to `at`", "answers": list(NUMBER_WORDS[:max(TONE_COUNTS) + 1]),
+                     "online": True},
+    "burst_yet": {"needs": "audio, has the noise played by `at`", "answers": ["yes", "no"], "online": True},
+}
+ONLINE_TIMES = 4  # rows of each online family per clip: one `at` in each quarter of the clip
 VIDEO_FAMILIES = ("start_color", "end_color", "color_changes")
 AUDIO_FAMILIES = ("first_pitch", "last_pitch", "tone_count")
 
@@ -189,6 +212,31 @@ def questions_for(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def online_answers(spec: dict[str, Any], at: int) -> dict[str, str]:
+    """The online families' answers from the seconds before `at` (a whole second, 1 <= at <= seconds):
+    every event of second s has ended by s + 1."""
+    return {
+        "color_now": spec["colors"][at - 1],
+        "tones_so_far": NUMBER_WORDS[sum(s < at for s in spec["tones"])],
+        "burst_yet": "yes" if spec["noise"] < at else "no",
+    }
+
+
+def online_questions_for(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    seconds = spec["seconds"]
+    rng = np.random.default_rng([spec["seed"][0], 104729, spec["index"], seconds])
+    quarters = [(1 + q * seconds // ONLINE_TIMES, (q + 1) * seconds // ONLINE_TIMES) for q in range(ONLINE_TIMES)]
+    rows = []
+    for lo, hi in quarters:
+        at = int(rng.integers(lo, hi + 1))
+        for family, answer in online_answers(spec, at).items():
+            templates = ONLINE_QUESTIONS[family]
+            rows.append({"id": f"{spec['clip']}-{family}-{at}", "video": f"clips/{spec['clip']}.mp4", "task": "qa",
+                         "question": templates[int(rng.integers(len(templates)))], "answer": answer,
+                         "type": family, "clip": spec["clip"], "at": float(at)})
+    return rows
+
+
 def events(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Every event with its modality and the span in seconds it occupies (for alignment tests)."""
     out = [{"kind": "color", "modality": "video", "value": c, "start": float(s), "end": float(s + 1)}
@@ -271,9 +319,11 @@ def _render_task(task: tuple[dict[str, Any], str]) -> str:
 
 
 def synthesize_long(out_dir: str | os.PathLike, num: int | None = None, seed: int = 0,
-                    seconds: int = DEFAULT_SECONDS, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+                    seconds: int = DEFAULT_SECONDS, workers: int | None = None, progress: bool = True,
+                    online: bool = False) -> dict[str, Any]:
     """Write the long world to `out_dir` (the same keys as `synth.synthesize` returns). Clips
-    already written by the same plan are kept (the folder is resumable)."""
+    already written by the same plan are kept (the folder is resumable). `online`: the manifests
+    get the online families' rows too (with `at`)."""
     num = DEFAULT_NUM if num is None else int(num)
     out, clips_dir = clips_folder(out_dir)
     started = time.perf_counter()
@@ -289,10 +339,11 @@ def synthesize_long(out_dir: str | os.PathLike, num: int | None = None, seed: in
     tasks = [(spec, str(clips_dir / f"{spec['clip']}.mp4")) for spec in specs
              if not (old.get(spec["clip"]) == spec and (clips_dir / f"{spec['clip']}.mp4").exists())]
     render_all(_render_task, tasks, workers, progress, "synth long", chunksize=2, min_parallel=4)
-    manifests, clips, rows_count, by_type = write_splits(out, specs, num, questions_for)
+    questions = (lambda spec: questions_for(spec) + online_questions_for(spec)) if online else questions_for
+    manifests, clips, rows_count, by_type = write_splits(out, specs, num, questions)
     world = {"generator": "mirasol.corpora.long_world", "version": 1, "num": num, "seed": seed,
              "seconds": seconds, "fps": FPS, "size": SIZE, "sample_rate": SAMPLE_RATE, "clips": clips,
-             "rows": rows_count, "families": FAMILIES,
+             "rows": rows_count, "families": {**FAMILIES, **(ONLINE_FAMILIES if online else {})}, "online": online,
              "specs": [{**spec, "events": events(spec)} for spec in specs]}
     tmp = out / "world.json.part"
     tmp.write_text(json.dumps(world) + "\n", encoding="utf-8")

@@ -17,6 +17,9 @@ file, the line number and the key):
   ``caption``); ``classify`` needs ``answer`` (or its alias ``label``). Both spellings may be given
   only if they agree;
 - ``start`` / ``end``: optional finite numbers of seconds, ``0 <= start < end``;
+- ``at``: optional finite number of seconds, ``start < at`` (and ``at <= end``): an online row,
+  answered from the video before ``at`` only. Every path reads it so: the row's ``end`` becomes
+  ``at``, and ``mirasol evaluate --online`` streams the video and answers the row when ``at`` comes;
 - ``choices``: optional non-empty list of strings that contains ``answer``;
 - ``type``: optional string (an integer is accepted and turned into a string);
 - any other key is kept in :attr:`Sample.extra` and otherwise ignored. JSON ``null`` counts as
@@ -49,7 +52,7 @@ CLASSIFY_PROMPT = "classify"
 TASK_PROMPTS = {"caption": CAPTION_PROMPT, "classify": CLASSIFY_PROMPT}
 
 # Keys with a meaning in the manifest; everything else goes to Sample.extra.
-KNOWN_KEYS = frozenset({"id", "video", "start", "end", "task", "question", "answer", "choices", "type"})
+KNOWN_KEYS = frozenset({"id", "video", "start", "end", "at", "task", "question", "answer", "choices", "type"})
 # Alternative spellings of `answer`, accepted for one task each.
 ANSWER_ALIASES = {"caption": "caption", "classify": "label"}
 
@@ -82,6 +85,7 @@ class Sample:
     end: float | None = None
     choices: list[str] | None = None
     type: str | None = None
+    at: float | None = None  # an online row: answered from the video before `at` (then also its `end`)
     extra: dict[str, Any] = field(default_factory=dict)
     line: int | None = None
     manifest: str | None = None
@@ -101,6 +105,8 @@ class Sample:
             row["start"] = self.start
         if self.end is not None:
             row["end"] = self.end
+        if self.at is not None:
+            row["at"] = self.at
         row["task"] = self.task
         if self.question is not None:
             row["question"] = self.question
@@ -265,7 +271,7 @@ def parse_row(
 
     # start / end
     times: dict[str, float | None] = {}
-    for key in ("start", "end"):
+    for key in ("start", "end", "at"):
         value = optional(key)
         if value is not None:
             if not _is_number(value) or not math.isfinite(value):
@@ -274,9 +280,15 @@ def parse_row(
                 raise fail(key, f"must be >= 0, got {value}")
             value = float(value)
         times[key] = value
-    start, end = times["start"], times["end"]
+    start, end, at = times["start"], times["end"], times["at"]
     if end is not None and end <= (start or 0.0):
         raise fail("end", f"must be greater than start ({start or 0.0}), got {end}")
+    if at is not None:
+        if at <= (start or 0.0):
+            raise fail("at", f"must be greater than start ({start or 0.0}), got {at}")
+        if end is not None and at > end:
+            raise fail("at", f"must not be after end ({end}), got {at}")
+        end = at  # nothing after `at` may be seen
 
     # choices
     choices = optional("choices")
@@ -307,7 +319,7 @@ def parse_row(
 
     return Sample(
         id=sample_id, video=video_abs, task=task, answer=answer, question=question, start=start,
-        end=end, choices=choices, type=type_, extra=extra, line=line,
+        end=end, choices=choices, type=type_, at=at, extra=extra, line=line,
         manifest=str(path) if path is not None else None,
     )
 

@@ -17,11 +17,11 @@ import torch
 from tqdm import tqdm
 
 from mirasol.data.cache import default_cache_dir
-from mirasol.data.dataset import _pad, collate, open_dataset, ready_clips
-from mirasol.data.manifest import prompt_text, read_manifest
+from mirasol.data.dataset import collate, open_dataset, ready_clips
+from mirasol.data.manifest import read_manifest
 from mirasol.errors import UsageError
 from mirasol.eval.controls import check_control, perturb_chunks, perturb_media
-from mirasol.eval.predict import answer_budget, predict, predict_from_memory
+from mirasol.eval.predict import answer_budget, answer_from_stream, predict
 from mirasol.eval.scoring import score_rows, summarize
 from mirasol.run_dir import load_run
 
@@ -30,14 +30,17 @@ __all__ = ["evaluate", "format_table", "summarize"]
 
 def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size: int = 32,
              cache: str | Path | None = None, progress: bool = True, whole: bool = False,
-             window: int | None = None, media: str | None = None, seed: int = 0) -> dict:
+             window: int | None = None, media: str | None = None, seed: int = 0, online: bool = False) -> dict:
     """`whole`: stream each row's whole video (or its [start, end]) chunk by chunk, as `mirasol ask
     --whole` does, whatever the run's training window; `window` W: the AV model attends to the
     last W chunks only. `media`: a test-time control (eval/controls.py: zero_audio, zero_video,
-    zero_media, shuffle; `seed` draws the shuffles)."""
+    zero_media, shuffle; `seed` draws the shuffles). `online`: rows with `at` answered from the
+    video before `at` only, each video streamed once (eval/online.py)."""
     media = check_control(media)
-    if window is not None and not whole:
-        raise UsageError("--window applies to streaming: add --whole")
+    if window is not None and not (whole or online):
+        raise UsageError("--window applies to streaming: add --whole or --online")
+    if online and (whole or media != "none"):
+        raise UsageError("--online streams every video itself: leave out --whole and --media")
     if window is not None and window < 1:
         raise UsageError(f"--window takes a number of chunks >= 1, got {window}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,6 +51,12 @@ def evaluate(run: str | Path, manifest: str | Path, out: str | Path, batch_size:
         manifest = unpack(manifest)
     samples = read_manifest(manifest)
     generator = torch.Generator().manual_seed(seed)
+    if online:
+        from mirasol.eval.online import accuracy_over_time, answer_online
+
+        rows, skipped = answer_online(model, tokenizer, stats, samples, window, device, progress)
+        return _report(rows, stats, out, run, manifest, skipped,
+                       {"whole": False, "window": window, "media": media, "online": accuracy_over_time(rows)})
     if whole:
         rows, skipped = _answer_whole(model, tokenizer, stats, samples, window, media, generator, device, progress)
         return _report(rows, stats, out, run, manifest, skipped, {"whole": True, "window": window, "media": media})
@@ -120,11 +129,7 @@ def _answer_whole(model, tokenizer, stats, samples, window, media, generator, de
             for v, a in perturb_chunks(chunks, media, generator):
                 session.push(v[None].to(device), a[None].to(device))
             batch_samples = [samples[i] for i in index]
-            prompts = _pad([tokenizer.encode_prompt(prompt_text(s), model.cfg.max_text_len) for s in batch_samples],
-                           tokenizer.pad_id, left=True).to(device)
-            memory = session.latents().expand(len(index), -1, -1, -1)
-            answers = predict_from_memory(model, tokenizer, memory, prompts, batch_samples, labels=stats.get("labels"),
-                                          max_new_tokens=answer_budget(stats))
+            answers = answer_from_stream(model, tokenizer, stats, session, batch_samples, device)
             for i, row in zip(index, score_rows(batch_samples, answers)):
                 rows[i] = row
     kept = [r for r in rows if r is not None]

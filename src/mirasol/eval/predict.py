@@ -86,3 +86,16 @@ def predict_from_memory(model: Mirasol, tokenizer: MirasolTokenizer, memory: tor
         for i, row in zip(free, out.tolist()):
             answers[i] = tokenizer.decode_answer(row)
     return answers  # type: ignore[return-value]
+
+
+def answer_from_stream(model: Mirasol, tokenizer: MirasolTokenizer, stats: dict, session, samples: list[Sample],
+                       device) -> list[str]:
+    """`samples` (rows about one video) answered from everything a streaming session has seen."""
+    from mirasol.data.dataset import _pad
+    from mirasol.data.manifest import prompt_text
+
+    prompts = _pad([tokenizer.encode_prompt(prompt_text(s), model.cfg.max_text_len) for s in samples],
+                   tokenizer.pad_id, left=True).to(device)
+    memory = session.latents().expand(len(samples), -1, -1, -1)
+    return predict_from_memory(model, tokenizer, memory, prompts, samples, labels=stats.get("labels"),
+                               max_new_tokens=answer_budget(stats))

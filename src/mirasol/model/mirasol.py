@@ -152,12 +152,12 @@ class Mirasol(nn.Module):
         model's attention sees only the last W chunks, as `stream(max_context_chunks=W)` does."""
         return self.av_model(self.combine(video, audio), window=max_context_chunks)
 
-    def stream(self, max_context_chunks: int | None = None) -> "MediaStream":
+    def stream(self, max_context_chunks: int | None = None, keep_latents: int | None = None) -> "MediaStream":
         """A streaming session: `push` chunks one at a time (constant cost per chunk), then
         `generate` / `score_candidates` about everything pushed so far. See model/stream.py."""
         from mirasol.model.stream import MediaStream
 
-        return MediaStream(self, max_context_chunks)
+        return MediaStream(self, max_context_chunks, keep_latents)
 
     # --- training -----------------------------------------------------------------------------
     def forward(self, video, audio, input_ids, labels=None, attention_mask=None, media_index=None,

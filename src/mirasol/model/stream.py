@@ -16,7 +16,8 @@ depend on the last W chunks at each layer, so on up to av_layers * (W - 1) + 1 c
 (exactly the last W with one AV layer), plus whatever the TTM memory carried.
 
 The latents of every pushed chunk (m x av_dim floats each) are kept for the text decoder to attend
-to; `latents()` returns them. Use the model in eval mode.
+to, or only the last `keep_latents` chunks' (memory flat on an unbounded stream, answers about
+those chunks only); `latents()` returns them. Use the model in eval mode.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mirasol.model.chunks import split_chunks
 
 
 class MediaStream:
-    def __init__(self, model, max_context_chunks: int | None = None):
+    def __init__(self, model, max_context_chunks: int | None = None, keep_latents: int | None = None):
         self.model, self.cfg = model, model.cfg
         self.window = check_window(max_context_chunks)
         self.caches = [{} for _ in model.av_model.blocks]
@@ -36,6 +37,7 @@ class MediaStream:
         self.batch: int | None = None
         self.chunks = 0  # chunks pushed so far
         self._latents: list[torch.Tensor] = []
+        self.keep_latents = check_window(keep_latents)
 
     @torch.no_grad()
     def push(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
@@ -53,12 +55,14 @@ class MediaStream:
             z, self.state = self.model.combiner.step(tokens[:, i], self.state)
             h = self.model.av_model.step(z, self.chunks, self.caches, self.window)
             self._latents.append(h)
+            if self.keep_latents is not None and len(self._latents) > self.keep_latents:
+                del self._latents[0]
             new.append(h)
             self.chunks += 1
         return torch.stack(new, dim=1)
 
     def latents(self) -> torch.Tensor:
-        """Latents of every chunk pushed so far: [B, chunks, m, D]."""
+        """Latents of every chunk pushed so far (the last keep_latents): [B, chunks, m, D]."""
         if not self._latents:
             raise RuntimeError("nothing pushed yet: push at least one chunk first")
         return torch.stack(self._latents, dim=1)

@@ -23,12 +23,14 @@ count is left at torch's default and reported with the torch version.
     long       64 to 1024 frames of the small preset's media: streaming chunk by chunk (with and
                without a window), batch encode_media and one unchunked transformer; time per frame
                and peak RSS, each case in a fresh process
+    watch      `mirasol watch`'s real-time factor per preset (tiny, small, base; `--preset tiny,small`)
+               beside the `bench step` figure, and its RSS over an hour of video at tiny with --window (perf/watch_speed.py)
     serve      the server's first question about a 30 s video (decode + encode + answer) against
                each later one (stored latents, text decoder only); then 1, 8 and 32 concurrent
                clients, questions answered one at a time vs batched (questions/s, p50 / p95
                latency), the `step` figure beside; `--preset` (default: small)
 
-`all` runs step, chunks, generate and data; `prepare`, `store`, `long` and `serve` are slower, and `memory`
+`all` runs step, chunks, generate and data; `prepare`, `store`, `long`, `watch` and `serve` are slower, and `memory`
 starts fresh processes, so they only run when named. Python: ``run("step")`` or the ``bench_*``
 functions, whose keyword arguments shrink them (the tests use that).
 
@@ -54,6 +56,7 @@ from mirasol.perf.media import (  # noqa: F401
     real_media_dir, synthetic_cache, write_test_video)
 from mirasol.perf.memory import bench_memory, default_checks, measured_peak  # noqa: F401
 from mirasol.perf.serve_speed import bench_serve
+from mirasol.perf.watch_speed import bench_watch
 from mirasol.perf.model_speed import (  # noqa: F401
     CHUNK_OVERRIDES, UnchunkedBaseline, attention_elements, bench_chunks, bench_generate, bench_step)
 from mirasol.errors import UsageError
@@ -74,6 +77,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "memory": bench_memory,
     "long": bench_long,
     "serve": bench_serve,
+    "watch": bench_watch,
 }
 ALL = ("step", "chunks", "generate", "data")
 
@@ -94,6 +98,8 @@ def run(what: str = "all", out: str | os.PathLike | None = None, step_options: d
         options = step_options or {}
         if name == "serve":  # of the step options, the preset applies here too
             options = {k: v for k, v in options.items() if k == "preset"}
+        elif name == "watch":  # a comma-separated list of presets
+            options = {"presets": tuple(options["preset"].split(","))} if "preset" in options else {}
         elif name != "step":
             options = {}
         results[name] = BENCHMARKS[name](**options)

@@ -34,6 +34,8 @@ from mirasol.perf.common import print_table, work_dir
 from mirasol.perf.media import write_test_video
 
 QUESTION = "what is cooked?"
+QUESTIONS = [QUESTION, "what shape is the object?", "what color is the square?", "describe the video", None,
+             "what happens?", "what do you hear?", "how many objects are there?"]
 
 
 def _untrained_run(folder: Path, preset: str) -> Path:

@@ -19,14 +19,18 @@ from conftest import make_run
 PYTHON = sys.executable
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def make_serve_run(path: Path) -> Path:
     """The served run: questions of two families, "color" with two training answers."""
     texts = ["what is cooked?", "a pancake", "an egg", "what shape is the object?", "a red circle",
              "describe the video", "what color is the square?", "red", "green"]
     stats = {"labels": [], "answer_prior": {"color": "red", "shape": "circle"}, "num_samples": 9,
              "answers_by_family": {"color": ["green", "red"], "shape": ["circle"]}, "max_answer_tokens": 3}
-    return make_run(tmp_path_factory.mktemp("serve_run"), texts, stats)
+    return make_run(path, texts, stats)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_serve_run(tmp_path_factory.mktemp("serve_run"))
 
 
 def free_port() -> int:
@@ -83,11 +87,13 @@ def wait_ready(client, video_id: str, timeout: float = 60.0, prefix: str = "") -
 
 
 def make_varied_run(path: Path, scale: float = 0.3) -> Path:
-    """make_run with the text decoder's weights shaken (a fixed seed), so that free answers differ
+    """make_serve_run with the text decoder's weights shaken (a fixed seed), so that free answers differ
     between questions and videos instead of all being the same untrained token."""
+    import torch
+
     from mirasol.run_dir import load_run
 
-    make_run(path)
+    make_serve_run(path)
     model = load_run(path)[0]
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mirasol.serve.app import create_app  # noqa: E402
 from mirasol.serve.sandbox import HOOK_ENV, TESTING_ENV  # noqa: E402
 from mirasol.serve.service import Limits, Service  # noqa: E402
-from serve_testing import free_port, make_run, rss_mb, start_server, stop, wait_ready  # noqa: E402
+from serve_testing import free_port, make_serve_run, rss_mb, start_server, stop, wait_ready  # noqa: E402
 
 # The containers the decoder promises, each with a codec pair it is commonly found with.
 CONTAINERS = {"mp4": ("libx264", "aac"), "mov": ("libx264", "aac"), "mkv": ("libx264", "mp3"),
@@ -84,7 +84,7 @@ def mutate(data: bytes, rng: random.Random, foreign: list[bytes]) -> tuple[str, 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("sandbox_run"))
+    return make_serve_run(tmp_path_factory.mktemp("sandbox_run"))
 
 
 @pytest.fixture(scope="module")

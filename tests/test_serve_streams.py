@@ -282,3 +282,48 @@ def test_the_page_has_the_stream_section(client):
     for part in ['id="stream-url"', 'id="stream-frame"', 'id="stream-timeline"', 'id="stream-answers"',
                  "EventSource", "/streams"]:
         assert part in page
+
+
+def test_the_stream_on_the_page_in_a_real_browser(run, clip, tmp_path):
+    """Headless Chromium follows a UDP stream from the page of a live `mirasol serve`: the latest
+    frame, the growing chunk timeline and the standing answers appear; Stop ends it."""
+    from serve_testing import start_server, stop
+    from test_serve_live import chromium, screenshot
+
+    exe = chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    _, data = clip
+    port, udp = free_port(), free_port_udp()
+    server = start_server(["-m", "mirasol.cli", "serve", "--run", str(run), "--port", str(port), "--no-gradio",
+                           "--cache", str(tmp_path / "cache"), "--allow-streams", "udp://127.0.0.1"],
+                          port, tmp_path / "server.log")
+    sender = TsSender(data, SECONDS, "udp", port=udp, then="loop")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                errors = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(f"http://127.0.0.1:{port}/")
+                expect(page.locator("#stream-note")).to_contain_text("udp://127.0.0.1")
+                page.fill("#stream-url", f"udp://127.0.0.1:{udp}")
+                page.fill("#stream-ask", QUESTION)
+                page.fill("#stream-every", "1")
+                page.click("#stream-start")
+                page.wait_for_function("document.querySelectorAll('#stream-timeline .tick').length >= 3",
+                                       timeout=60_000)
+                expect(page.locator("#stream-answers li").first).to_contain_text(QUESTION, timeout=30_000)
+                page.wait_for_function("document.getElementById('stream-frame').naturalWidth > 0", timeout=30_000)
+                size = page.evaluate("fetch('/info').then((r) => r.json()).then((i) => i.image_size)")
+                assert page.evaluate("document.getElementById('stream-frame').naturalWidth") == size
+                screenshot(page, tmp_path / "stream-page.png")
+                page.click("#stream-stop")
+                expect(page.locator("#stream-state")).to_contain_text("stopped", timeout=30_000)
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        sender.stop()
+        stop(server)

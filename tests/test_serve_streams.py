@@ -52,12 +52,12 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(run, tmp_path_factory):
-    return Service(run, tmp_path_factory.mktemp("streams_cache"), allow_streams=ALLOW)
+    return Service(run, tmp_path_factory.mktemp("streams_cache"))
 
 
 @pytest.fixture(scope="module")
 def client(service):
-    return TestClient(create_app(service))
+    return TestClient(create_app(service, allow_streams=ALLOW))
 
 
 def wait_state(client, sid: str, states=("ended", "stalled", "failed", "stopped"), timeout: float = 60.0) -> dict:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from mirasol.serve import openai_api
 from mirasol.serve.page import PAGE
 from mirasol.serve.service import Busy, NotFound, NotReady, Service, UploadError
-from mirasol.serve.streams import STREAM_ID, StreamRefused
+from mirasol.serve.streams import STREAM_ID, AllowList, StreamRefused, Streams
 
 OPEN_PATHS = {"/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
@@ -123,16 +123,19 @@ class BodyLimit:
 
 
 def create_app(service: Service, token: str | None = None, gradio: bool = False,
-               media_root: str | None = None) -> FastAPI:
+               media_root: str | None = None, allow_streams: AllowList | str | list[str] | None = None) -> FastAPI:
     """The app around a loaded service. With `token`, every route but the page, /health and the
     docs needs `Authorization: Bearer <token>` (or `?token=` on GET, for images on the page).
     `gradio`: also mount the Gradio page at /gradio (gradio_page.py) over the same service, where
     Gradio is installed; `app.state.gradio` (and /info's `pages`) says whether it was and why not.
     The Gradio page's own routes check the token by Gradio's login (the token is the password).
-    `media_root`: the folder whose files the chat endpoint may read by file:// URL (openai_api.py)."""
+    `media_root`: the folder whose files the chat endpoint may read by file:// URL (openai_api.py).
+    `allow_streams`: the live streams clients may start (streams.AllowList; default none: off)."""
     app = FastAPI(title="mirasol serve", version="1",
                   description="Ask a trained Mirasol3B model about a video: upload once, ask many times.")
     app.state.service = service
+    if allow_streams is not None or service.streams is None:
+        Streams(service, allow_streams if isinstance(allow_streams, AllowList) else AllowList(allow_streams))
     app.state.gradio = "not mounted: not asked for"
     gradio_prefix = None
 
@@ -235,7 +238,7 @@ def create_app(service: Service, token: str | None = None, gradio: bool = False,
 
     @app.get("/streams")
     def list_streams():
-        return {"streams": service.streams.list(), **service.streams.info()}
+        return {"streams": service.streams.summaries(), **service.streams.info()}
 
     @app.get("/streams/{stream_id}")
     def stream_state(stream_id: str):
@@ -307,8 +310,8 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None
         cache_dir = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirasol" / "serve")
     batching = {k: v for k, v in (("batch_window_s", batch_window_s), ("max_batch", max_batch)) if v is not None}
     service = Service(run, cache_dir, cache_bytes=cache_bytes, limits=limits, window=window, examples=examples,
-                      allow_streams=allow_streams, **batching)
-    app = create_app(service, token=token, gradio=gradio, media_root=media_root)
+                      **batching)
+    app = create_app(service, token=token, gradio=gradio, media_root=media_root, allow_streams=allow_streams)
     shown = f"[{host}]" if ":" in host else host
     if log is not None:
         print(f"mirasol serve: {run} on http://{shown}:{port}/ (API docs: /docs; latent cache: {cache_dir})"

@@ -128,8 +128,7 @@ class Service:
     def __init__(self, run: str | os.PathLike, cache_dir: str | os.PathLike, cache_bytes: int = 2 * 2**30,
                  limits: Limits | None = None, window: int | None = None,
                  examples: str | os.PathLike | None = None, chunk_delay: float = 0.0,
-                 batch_window_s: float = WINDOW_S, max_batch: int = MAX_BATCH, sandbox: bool = True,
-                 allow_streams: str | list[str] | None = None):
+                 batch_window_s: float = WINDOW_S, max_batch: int = MAX_BATCH, sandbox: bool = True):
         from mirasol.run_dir import load_run
 
         self.run = Path(run)
@@ -169,10 +168,7 @@ class Service:
         self.batcher = Batcher(self.model, self.tokenizer, self.model_lock, batch_window_s, max_batch)
         self.worker = threading.Thread(target=self._work, name="mirasol-encoder", daemon=True)
         self.worker.start()
-        from mirasol.serve.streams import AllowList, Streams
-
-        allow = allow_streams if isinstance(allow_streams, AllowList) else AllowList(allow_streams)
-        self.streams = Streams(self, allow)  # live streams: off unless allowed
+        self.streams = None  # live streams: streams.Streams attaches itself here (app.py makes one)
 
     # --- facts ------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -199,14 +195,14 @@ class Service:
             "limits": self.limits.to_dict(),
             "examples": sorted(self.examples),
             "decoder": self.sandbox.isolation,
-            "streams": self.streams.info(),
+            "streams": self.streams.info() if self.streams is not None else {"allowed": []},
         }
 
     def health(self) -> dict:
         return {"status": "ok", "encoding_queue": self.queue.qsize(), "cached_videos": len(self.cache.keys()),
                 "worker_alive": self.worker.is_alive(), "videos_encoded": self.cache.writes,
                 "cache_hits": self.cache.hits, "batching": self.batcher.stats(),
-                "streams_followed": sum(s.running for s in self.streams.streams.values())}
+                "streams_followed": self.streams.running() if self.streams is not None else 0}
 
     # --- uploads ----------------------------------------------------------------------------
     def new_upload_path(self) -> Path:

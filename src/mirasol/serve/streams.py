@@ -284,6 +284,10 @@ class Streams:
         self.max_streams, self.max_behind = max_streams, max_behind
         self.streams: dict[str, Stream] = {}
         self.lock = threading.Lock()
+        service.streams = self
+
+    def running(self) -> int:
+        return sum(s.running for s in self.streams.values())
 
     def info(self) -> dict:
         return {"allowed": [str(r) for r in self.allow.rules], "schemes": list(RELAYED),
@@ -301,8 +305,9 @@ class Streams:
             raise StreamRefused("the URL is longer than 2000 characters")
         scheme, host, port = self.allow.check(url)
         stall_s = DEFAULT_STALL_S if stall_timeout is None else float(stall_timeout)
-        if not 0.5 <= stall_s <= 300:
-            raise StreamRefused(f"stall_timeout takes 0.5 to 300 seconds, got {stall_s:g}", status=422)
+        longest = self.service.limits.decoder_wall_s  # past it, the sandbox ends the silent decoder anyway
+        if not (math.isfinite(stall_s) and 0.5 <= stall_s <= longest):
+            raise StreamRefused(f"stall_timeout takes 0.5 to {longest:g} seconds, got {stall_s:g}", status=422)
         if window is not None and not 1 <= window <= 10_000:
             raise StreamRefused(f"window takes 1 to 10000 chunks, got {window}", status=422)
         stream = Stream(id="s" + secrets.token_hex(8), url=url, window=window or self._default_window(),
@@ -310,7 +315,7 @@ class Streams:
         stream.standing = Standing(every=self.service.cfg.chunk_seconds)
         self._add_standing(stream, asks, every, whens)
         with self.lock:
-            if sum(s.running for s in self.streams.values()) >= self.max_streams:
+            if self.running() >= self.max_streams:
                 raise Busy(f"this server follows at most {self.max_streams} streams at once; stop one "
                            f"(DELETE /streams/ID) or try again later", retry_after=10)
             self.streams[stream.id] = stream
@@ -350,7 +355,7 @@ class Streams:
                            f"GET /streams lists them)")
         return stream
 
-    def list(self) -> list[dict]:
+    def summaries(self) -> list[dict]:
         return [s.summary() for s in self.streams.values()]
 
     def stop(self, stream_id: str) -> dict:
@@ -372,10 +377,15 @@ class Streams:
     def ask(self, stream_id: str, question: str | None, choices: list[str] | None = None,
             window: int | None = None, max_new_tokens: int | None = None) -> dict:
         stream = self.get(stream_id)
-        question = (question or "").strip() or None
-        if question is not None and len(question) > self.service.limits.max_question_chars:
+        question, limits = (question or "").strip() or None, self.service.limits
+        if question is not None and len(question) > limits.max_question_chars:
             raise StreamRefused(f"the question is {len(question)} characters; at most "
-                                f"{self.service.limits.max_question_chars} are taken", status=422)
+                                f"{limits.max_question_chars} are taken", status=422)
+        choices = [c.strip() for c in choices or [] if c and c.strip()] or None
+        if choices is not None and not (2 <= len(choices) <= limits.max_choices
+                                        and all(len(c) <= limits.max_choice_chars for c in choices)):
+            raise StreamRefused(f"give 2 to {limits.max_choices} choices of at most {limits.max_choice_chars} "
+                                f"characters each, or none for a free answer", status=422)
         with stream.lock:
             latents, seconds, chunks = stream.latents, stream.video_seconds, stream.chunks
         if latents is None:
@@ -467,6 +477,7 @@ class Streams:
             follower.stop()
             stream.stopping.set()
             relay.join(5)
+            media_in.close()  # already the worker's where one started
         if stream.state != "stopped":
             if ended:  # the relay saw how the source ended (closed, stalled, unreachable)
                 state, reason = ended[0].state, str(ended[0])

@@ -327,3 +327,44 @@ def test_the_stream_on_the_page_in_a_real_browser(run, clip, tmp_path):
     finally:
         sender.stop()
         stop(server)
+
+
+def test_an_http_stream_is_followed_and_a_redirect_is_not(clip, service, client):
+    """An HTTP GET body is relayed (its container probed by the sandboxed decoder); a redirect ends
+    the stream with where it pointed, unfollowed, so the allow-list cannot be stepped around."""
+    import http.server
+    import threading
+
+    _, data = clip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "http://10.0.0.1/elsewhere.ts")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            for i in range(20):  # at four times the clip's pace
+                self.wfile.write(data[i * len(data) // 20:(i + 1) * len(data) // 20])
+                time.sleep(SECONDS / 20 / 4)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, allowed = server.server_address[1], service.streams.allow
+    service.streams.allow = AllowList(f"http://127.0.0.1:{port}")
+    try:
+        sid = client.post("/streams", json={"url": f"http://127.0.0.1:{port}/live.ts", "ask": [QUESTION]}).json()["id"]
+        followed = wait_state(client, sid)
+        sid = client.post("/streams", json={"url": f"http://127.0.0.1:{port}/moved"}).json()["id"]
+        moved = wait_state(client, sid)
+    finally:
+        service.streams.allow = allowed
+        server.shutdown()
+    assert followed["state"] == "ended" and followed["chunks"] >= SECONDS - 1 and followed["answers"] >= SECONDS - 1
+    assert moved["state"] == "failed" and "HTTP 302" in moved["reason"] and "not followed" in moved["reason"]

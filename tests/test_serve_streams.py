@@ -284,20 +284,59 @@ def test_the_page_has_the_stream_section(client):
         assert part in page
 
 
-def test_the_stream_on_the_page_in_a_real_browser(run, clip, tmp_path):
+@pytest.fixture(scope="module")
+def live_server(run, tmp_path_factory):
+    """`mirasol serve --allow-streams udp://127.0.0.1,tcp://127.0.0.1` in its own process: its URL."""
+    from serve_testing import start_server, stop
+
+    pytest.importorskip("httpx", reason="httpx is not installed: pip install -e '.[serve-test]'")
+    work = tmp_path_factory.mktemp("streams_live")
+    port = free_port()
+    server = start_server(["-m", "mirasol.cli", "serve", "--run", str(run), "--port", str(port), "--no-gradio",
+                           "--cache", str(work / "cache"), "--allow-streams", "udp://127.0.0.1",
+                           "--allow-streams", "tcp://127.0.0.1"], port, work / "server.log")
+    yield f"http://127.0.0.1:{port}"
+    stop(server)
+
+
+def test_events_arrive_while_the_stream_plays(clip, live_server):
+    """On a live server, a client reading /streams/{id}/events gets each answer while the source
+    is still sending, long before the stream ends, then the `end` event."""
+    httpx = pytest.importorskip("httpx")
+
+    _, data = clip
+    sender = TsSender(data, SECONDS, "tcp", speed=1)
+    sid = httpx.post(f"{live_server}/streams", json={"url": sender.url, "ask": [QUESTION]}).json()["id"]
+    seen = []
+    try:
+        with httpx.stream("GET", f"{live_server}/streams/{sid}/events", timeout=60) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            name = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    seen.append((name, json.loads(line[6:]), sender.thread.is_alive()))
+                    if name == "end":
+                        break
+    finally:
+        sender.stop()
+    answers = [(d, sending) for n, d, sending in seen if n == "answer"]
+    assert answers and answers[0][1]  # the first answer came while the source was still sending
+    assert [d["video_seconds"] for d, _ in answers] == sorted(d["video_seconds"] for d, _ in answers)
+    assert seen[-1][0] == "end" and seen[-1][1]["state"] == "ended"
+
+
+def test_the_stream_on_the_page_in_a_real_browser(clip, live_server, tmp_path):
     """Headless Chromium follows a UDP stream from the page of a live `mirasol serve`: the latest
     frame, the growing chunk timeline and the standing answers appear; Stop ends it."""
-    from serve_testing import start_server, stop
     from test_serve_live import chromium, screenshot
 
     exe = chromium()
     from playwright.sync_api import expect, sync_playwright
 
     _, data = clip
-    port, udp = free_port(), free_port_udp()
-    server = start_server(["-m", "mirasol.cli", "serve", "--run", str(run), "--port", str(port), "--no-gradio",
-                           "--cache", str(tmp_path / "cache"), "--allow-streams", "udp://127.0.0.1"],
-                          port, tmp_path / "server.log")
+    udp = free_port_udp()
     sender = TsSender(data, SECONDS, "udp", port=udp, then="loop")
     try:
         with sync_playwright() as p:
@@ -306,7 +345,7 @@ def test_the_stream_on_the_page_in_a_real_browser(run, clip, tmp_path):
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 errors = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(f"http://127.0.0.1:{port}/")
+                page.goto(f"{live_server}/")
                 expect(page.locator("#stream-note")).to_contain_text("udp://127.0.0.1")
                 page.fill("#stream-url", f"udp://127.0.0.1:{udp}")
                 page.fill("#stream-ask", QUESTION)
@@ -326,7 +365,6 @@ def test_the_stream_on_the_page_in_a_real_browser(run, clip, tmp_path):
                 browser.close()
     finally:
         sender.stop()
-        stop(server)
 
 
 def test_an_http_stream_is_followed_and_a_redirect_is_not(clip, service, client):

@@ -406,3 +406,28 @@ def test_an_http_stream_is_followed_and_a_redirect_is_not(clip, service, client)
         server.shutdown()
     assert followed["state"] == "ended" and followed["chunks"] >= SECONDS - 1 and followed["answers"] >= SECONDS - 1
     assert moved["state"] == "failed" and "HTTP 302" in moved["reason"] and "not followed" in moved["reason"]
+
+
+def test_a_model_behind_the_stream_drops_to_the_newest_chunk(clip, service, client, monkeypatch):
+    """watch's policy on the server: a slowed model gets the newest chunk, the skipped ones are counted."""
+    from mirasol.model.stream import MediaStream
+
+    _, data = clip
+    push = MediaStream.push
+
+    def slow(self, video, audio):
+        time.sleep(0.5)
+        return push(self, video, audio)
+
+    monkeypatch.setattr(MediaStream, "push", slow)
+    monkeypatch.setattr(service.streams, "max_behind", 0.2)
+    sender = TsSender(data, SECONDS, "tcp", speed=4)
+    try:
+        sid = client.post("/streams", json={"url": sender.url}).json()["id"]
+        ended = wait_state(client, sid)
+    finally:
+        sender.stop()
+    indices = [c["index"] for c in ended["timeline"]]
+    assert ended["state"] == "ended" and ended["dropped"] > 0
+    assert ended["chunks"] + ended["dropped"] == indices[-1] + 1 >= SECONDS - 1
+    assert indices == sorted(set(indices)) and len(indices) < indices[-1] + 1  # gaps where chunks were dropped

@@ -115,3 +115,26 @@ def test_sparse_keyframes_uniform_samples_the_same_frames(sparse_keyframes):
     assert spread.end == 6.0 and spread.video.shape[0] == 4
     assert torch.equal(spread.video, start.video[[1, 4, 7, 10]])
 
+
+def test_chunks_carry_the_audio_features_the_config_asks_for(long_file):
+    """A Whisper audio backbone's features (audio_features='whisper'): streamed chunk by chunk, read
+    live, and decoded whole, they are the same; and they are not the default log-mel. Compared as
+    the backbone sees them, floored at the chunk's maximum - 8 (raw log10 of near-silent bands
+    magnifies rounding)."""
+    from mirasol.media.live import live_chunks
+
+    def seen(audio):
+        return audio.clamp(min=float(audio.max()) - 8.0)
+
+    cfg = tiny(n_mels=80, audio_features="whisper")
+    chunks = list(iter_chunks(long_file, cfg))
+    whole = load_clip(long_file, cfg.replace(num_chunks=len(chunks)))
+    live = [c.chunk for c in live_chunks(str(long_file), cfg, follow=False)]
+    assert len(chunks) == len(live) == 45
+    a = cfg.audio_frames_per_chunk
+    for t, (ours, theirs) in enumerate(zip(chunks, live)):
+        assert ours.audio.shape == (80, a)
+        assert (seen(ours.audio) - seen(whole.audio[:, t * a:(t + 1) * a])).abs().max() <= 1e-2
+        assert (seen(ours.audio) - seen(theirs.audio)).abs().max() <= 1e-2
+    default = next(iter_chunks(long_file, cfg.replace(audio_features="log_mel")))
+    assert (default.audio - chunks[0].audio).abs().max() > 1.0

@@ -257,12 +257,14 @@ GENERATORS = {"long.mkv": _long_mkv, "fits.mp4": _fits_mp4, "longer.avi": _longe
               "vfr.mp4": _vfr_mp4}
 
 
-def write_sparse_keyframes(path: Path, seconds: float = 6.0, fps: int = 25) -> Path:
-    """H.264 + AAC (16 kHz mono) with a single keyframe, at its start, in the container the suffix
-    names: MPEG-TS (.ts: no index, so a seek lands on frames that cannot be decoded) or mp4."""
+def write_sparse_keyframes(path: Path, seconds: float = 6.0, fps: int = 25, keyframe_every: float | None = None) -> Path:
+    """H.264 + AAC (16 kHz mono) with a keyframe every `keyframe_every` seconds (default: a single
+    one, at the start), in the container the suffix names: MPEG-TS (.ts: no index, so a seek lands
+    on frames that cannot be decoded until the next keyframe) or mp4."""
     fmt = {".ts": "mpegts", ".mp4": "mp4"}[path.suffix]
+    gop = round((keyframe_every or seconds) * fps) + (0 if keyframe_every else 1)
     return write_av(path, fmt, "libx264", moving_frames(round(seconds * fps), 96, 64, seed=3), fps, "aac",
-                    tone(seconds, 16000), 16000, gop=round(seconds * fps) + 1)
+                    tone(seconds, 16000), 16000, gop=gop)
 
 
 def _audio_only(path):  # AAC in an mp4 container, no video stream

@@ -86,10 +86,13 @@ def test_bad_range_and_missing_file(tmp_path, long_file):
         next(iter_chunks(tmp_path / "nope.mp4", tiny()))
 
 
-@pytest.fixture(scope="module", params=["ts", "mp4"])
+@pytest.fixture(scope="module", params=["ts", "mp4", "ts_every_2s"])
 def sparse_keyframes(request, tmp_path_factory):
-    """6 s with one keyframe: MPEG-TS has no index (a seek finds nothing decodable), mp4 has one."""
-    return write_sparse_keyframes(tmp_path_factory.mktemp("sparse") / f"one_key.{request.param}")
+    """6 s with one keyframe, or one every 2 s: MPEG-TS has no index (a seek finds nothing decodable
+    until the next keyframe), mp4 has one."""
+    suffix, _, every = request.param.partition("_every_")
+    path = tmp_path_factory.mktemp("sparse") / f"keys.{suffix}"
+    return write_sparse_keyframes(path, keyframe_every=float(every[:-1]) if every else None)
 
 
 def test_sparse_keyframes_any_chunk_equals_the_whole_decode(sparse_keyframes):
@@ -103,7 +106,7 @@ def test_sparse_keyframes_any_chunk_equals_the_whole_decode(sparse_keyframes):
         assert torch.equal(chunk.video, whole.video[t * f:(t + 1) * f])
         edge = 3  # the first audio frames read before `start`, which a stream from there takes as silence
         assert (chunk.audio - whole.audio[:, t * a:(t + 1) * a])[:, edge:].abs().max() <= 1e-4
-    late = decode_media(sparse_keyframes, cfg.replace(num_chunks=1), start=4.0)
+    late = decode_media(sparse_keyframes, cfg.replace(num_chunks=1), start=5.0)
     assert late.seek_fallback == (sparse_keyframes.suffix == ".ts")  # mp4's index finds the keyframe
 
 

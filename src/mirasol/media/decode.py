@@ -31,8 +31,9 @@ stops READ_AHEAD_S past the window or at the end of the file.
 
 Cost and memory: the decoder seeks to the keyframe before the window (never decodes the file from
 its start for a late window, unless the seek finds no frame at or before it: a stream without an
-index or with sparse keyframes, such as MPEG-TS, is then decoded from its start, discarding frames
-until the window, and DecodedMedia.seek_fallback says so), frames are streamed and only the sampled ones are converted (by
+index or with sparse keyframes, such as MPEG-TS, is then sought again further back (SEEK_BACKOFF_S)
+and at last decoded from its start, discarding frames until the window; DecodedMedia.seek_fallback
+says so), frames are streamed and only the sampled ones are converted (by
 FFmpeg, straight to the target size) and kept, and audio outside the window is dropped as it is
 decoded; memory does not grow with the file's length or resolution beyond one decoded frame.
 'uniform' seeks again whenever the next sample time lies more than a keyframe interval ahead
@@ -55,6 +56,9 @@ from mirasol.errors import MirasolError
 # Seek this much before the window start, so that the audio packets (which the demuxer positions
 # near, not necessarily before, the video keyframe) cover the start of the window too.
 SEEK_MARGIN_S = 0.5
+# Seeks further back (seconds before the window) when a seek finds no frame at or before the window
+# (no index, or the keyframe is further back), before decoding from the start of the file.
+SEEK_BACKOFF_S = (2.0, 8.0, 30.0)
 # Stop reading once a packet is this far past the window end; streams are interleaved far closer
 # than this, so anything still missing (e.g. audio that ended early) will not come.
 READ_AHEAD_S = 5.0
@@ -103,7 +107,7 @@ class DecodedMedia:
     # 'uniform' over a long part: the T spans [s_t, e_t) the chunks come from; the waveform is then
     # T separate chunk_seconds pieces (one from the middle of each span), not one stretch of sound.
     spans: list[tuple[float, float]] | None = None
-    # The seek found no frame at or before the window, so the file was decoded from its start.
+    # The first seek found no frame at or before the window: decoded from further back or the start.
     seek_fallback: bool = False
 
 
@@ -350,23 +354,24 @@ def decode_media(path: str | os.PathLike | bytes, cfg: MirasolConfig, start: flo
         path = name or "<bytes>"
         if not data:
             raise MediaError(path, "empty file (0 bytes)")
-    for from_beginning in (False, True):
+    for seek_back in (SEEK_MARGIN_S, *SEEK_BACKOFF_S, None):  # None: from the start, no seek
         container = _open(path, data)
         try:
-            result = _decode(container, path, cfg, start, end, from_beginning)
+            result = _decode(container, path, cfg, start, end, seek_back)
         except (av.FFmpegError, OSError) as error:  # corrupt or truncated data
             raise MediaError(path, f"decoding failed ({error})") from error
         finally:
             container.close()
         if result is not None:
-            result.seek_fallback = from_beginning
+            result.seek_fallback = seek_back != SEEK_MARGIN_S
             return result
     raise AssertionError("unreachable: decoding from the beginning always returns")
 
 
-def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning: bool) -> DecodedMedia | None:
-    """Returns None when seeking overshot the window or found no frame (no index, sparse keyframes);
-    the caller retries without seeking."""
+def _decode(container, path: str, cfg: MirasolConfig, start, end, seek_back: float | None) -> DecodedMedia | None:
+    """Decode after seeking `seek_back` seconds before the window (None: from the start). Returns
+    None when the seek overshot the window or found no frame (no index, sparse keyframes); the
+    caller retries further back."""
     video = _pick_video(container, path)
     audio = container.streams.best("audio")
     if audio is None and cfg.missing_audio != "zeros":
@@ -381,7 +386,8 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
         raise MediaError(path, str(error)) from None
     spans = uniform_spans(cfg, duration, start, end) if cfg.clip_window == "uniform" else None
     if spans is not None:
-        return _decode_uniform(container, path, cfg, video, audio, origin, duration, spans, from_beginning)
+        return _decode_uniform(container, path, cfg, video, audio, origin, duration, spans,
+                               from_beginning=seek_back != SEEK_MARGIN_S)
 
     # Sample times of the real frames; the rest of the clip repeats the last one.
     n_real_frames = min(cfg.num_frames, max(1, math.ceil((content_end - ws) * cfg.fps - 0.5)))
@@ -391,9 +397,9 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
     real_samples = min(clip_samples, round((content_end - ws) * cfg.sample_rate))
     sound = _AudioWindow(ws, clip_samples, real_samples, cfg.sample_rate, origin)
 
-    seek_to = max(0.0, ws - SEEK_MARGIN_S)
+    seek_to = 0.0 if seek_back is None else max(0.0, ws - seek_back)
     seeked = False
-    if seek_to > 0 and not from_beginning:
+    if seek_to > 0:
         try:
             container.seek(round((origin + seek_to) / video.time_base), stream=video, backward=True)
             seeked = True

@@ -139,15 +139,19 @@ def _audio_frames(stream, audio: np.ndarray, rate: int):
 
 def write_av(path: Path, fmt: str, vcodec: str, frames: np.ndarray, fps: int, acodec: str | None = None,
              audio: np.ndarray | None = None, rate: int = 48000, pix_fmt: str = "yuv420p",
-             container_options: dict | None = None) -> Path:
+             container_options: dict | None = None, gop: int | None = None) -> Path:
     """Write `frames` ([N, H, W, 3] uint8) at `fps` and, when given, `audio` ([channels, samples] at
-    `rate`) with `acodec`, to container `fmt`. Single-threaded, so the bytes are the same each time."""
+    `rate`) with `acodec`, to container `fmt`. Single-threaded, so the bytes are the same each time.
+    `gop` (libx264): frames from one keyframe to the next, fixed (no extra keyframes at scene cuts)."""
     with av.open(str(path), "w", format=fmt, options=container_options or {}) as out:
         video = out.add_stream(vcodec, rate=fps)
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         video.codec_context.thread_count = 1
         if vcodec == "libx264":
             video.codec_context.options = {"preset": "veryfast", "crf": "20", "bf": "0", "threads": "1"}
+            if gop is not None:
+                video.codec_context.options = {**video.codec_context.options, "g": str(gop),
+                                               "keyint_min": str(gop), "sc_threshold": "0"}
         elif vcodec in ("libvpx", "libvpx-vp9"):
             video.codec_context.options = {"deadline": "realtime", "cpu-used": "8", "crf": "20", "threads": "1"}
             video.codec_context.bit_rate = 400_000
@@ -263,6 +267,16 @@ GENERATORS = {"long.mkv": _long_mkv, "fits.mp4": _fits_mp4, "longer.avi": _longe
               "no_duration.webm": _no_duration_webm, "one_pixel.mp4": _one_pixel_mp4,
               "no_audio.mp4": _no_audio_mp4, "three_frames.mov": _three_frames_mov, "rotated.mp4": _rotated_mp4,
               "vfr.mp4": _vfr_mp4}
+
+
+def write_sparse_keyframes(path: Path, seconds: float = 6.0, fps: int = 25, keyframe_every: float | None = None) -> Path:
+    """H.264 + AAC (16 kHz mono) with a keyframe every `keyframe_every` seconds (default: a single
+    one, at the start), in the container the suffix names: MPEG-TS (.ts: no index, so a seek lands
+    on frames that cannot be decoded until the next keyframe) or mp4."""
+    fmt = {".ts": "mpegts", ".mp4": "mp4"}[path.suffix]
+    gop = round((keyframe_every or seconds) * fps) + (0 if keyframe_every else 1)
+    return write_av(path, fmt, "libx264", moving_frames(round(seconds * fps), 96, 64, seed=3), fps, "aac",
+                    tone(seconds, 16000), 16000, gop=gop)
 
 
 def _audio_only(path):  # AAC in an mp4 container, no video stream

@@ -10,9 +10,11 @@ import torch
 from mirasol.media import MediaError, load_clip
 from mirasol.media import chunk_reader as stream_module
 from mirasol.media.chunk_reader import iter_chunks
+from mirasol.media.decode import decode_media
 from mirasol.media.writer import write_video
 
 from conftest import tiny
+from media_fixtures import write_sparse_keyframes
 
 
 def assert_matches_whole(path, cfg, chunks, audio_exact=True):
@@ -82,3 +84,60 @@ def test_bad_range_and_missing_file(tmp_path, long_file):
         next(iter_chunks(long_file, tiny(), start=5.0, end=4.0))
     with pytest.raises(MediaError, match="nope.mp4"):
         next(iter_chunks(tmp_path / "nope.mp4", tiny()))
+
+
+@pytest.fixture(scope="module", params=["ts", "mp4", "ts_every_2s"])
+def sparse_keyframes(request, tmp_path_factory):
+    """6 s with one keyframe, or one every 2 s: MPEG-TS has no index (a seek finds nothing decodable
+    until the next keyframe), mp4 has one."""
+    suffix, _, every = request.param.partition("_every_")
+    path = tmp_path_factory.mktemp("sparse") / f"keys.{suffix}"
+    return write_sparse_keyframes(path, keyframe_every=float(every[:-1]) if every else None)
+
+
+def test_sparse_keyframes_any_chunk_equals_the_whole_decode(sparse_keyframes):
+    cfg = tiny()
+    assert_matches_whole(sparse_keyframes, cfg, list(iter_chunks(sparse_keyframes, cfg)))
+    whole = load_clip(sparse_keyframes, cfg.replace(num_chunks=6))
+    f, a = cfg.frames_per_chunk, cfg.audio_frames_per_chunk
+    for t in (2, 4, 5):  # what `ask --at t` streams first
+        chunk = next(iter_chunks(sparse_keyframes, cfg, start=float(t)))
+        assert chunk.start == pytest.approx(t)
+        assert torch.equal(chunk.video, whole.video[t * f:(t + 1) * f])
+        edge = 3  # the first audio frames read before `start`, which a stream from there takes as silence
+        assert (chunk.audio - whole.audio[:, t * a:(t + 1) * a])[:, edge:].abs().max() <= 1e-4
+    late = decode_media(sparse_keyframes, cfg.replace(num_chunks=1), start=5.0)
+    assert late.seek_fallback == (sparse_keyframes.suffix == ".ts")  # mp4's index finds the keyframe
+
+
+def test_sparse_keyframes_uniform_samples_the_same_frames(sparse_keyframes):
+    """'uniform' over 6 s in 2 chunks of 2 frames samples 0.75, 2.25, 3.75 and 5.25 s, far enough
+    apart to seek between them: the frames a 'start' decode at 2 fps shows at those times."""
+    spread = load_clip(sparse_keyframes, tiny(num_chunks=2, clip_window="uniform"), end=6.0)
+    start = load_clip(sparse_keyframes, tiny(num_chunks=6), end=6.0)  # (i + 0.5) / 2 s
+    assert spread.end == 6.0 and spread.video.shape[0] == 4
+    assert torch.equal(spread.video, start.video[[1, 4, 7, 10]])
+
+
+def test_chunks_carry_the_audio_features_the_config_asks_for(long_file):
+    """A Whisper audio backbone's features (audio_features='whisper'): streamed chunk by chunk, read
+    live, and decoded whole, they are the same; and they are not the default log-mel. Compared as
+    the backbone sees them, floored at the chunk's maximum - 8 (raw log10 of near-silent bands
+    magnifies rounding)."""
+    from mirasol.media.live import live_chunks
+
+    def seen(audio):
+        return audio.clamp(min=float(audio.max()) - 8.0)
+
+    cfg = tiny(n_mels=80, audio_features="whisper")
+    chunks = list(iter_chunks(long_file, cfg))
+    whole = load_clip(long_file, cfg.replace(num_chunks=len(chunks)))
+    live = [c.chunk for c in live_chunks(str(long_file), cfg, follow=False)]
+    assert len(chunks) == len(live) == 45
+    a = cfg.audio_frames_per_chunk
+    for t, (ours, theirs) in enumerate(zip(chunks, live)):
+        assert ours.audio.shape == (80, a)
+        assert (seen(ours.audio) - seen(whole.audio[:, t * a:(t + 1) * a])).abs().max() <= 1e-2
+        assert (seen(ours.audio) - seen(theirs.audio)).abs().max() <= 1e-2
+    default = next(iter_chunks(long_file, cfg.replace(audio_features="log_mel")))
+    assert (default.audio - chunks[0].audio).abs().max() > 1.0

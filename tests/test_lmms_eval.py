@@ -106,6 +106,38 @@ def test_task_files(trained_run, tmp_path):
     assert cli(["lmms-task", str(data / "test.jsonl"), "--out", str(tmp_path / "x"), "--name", "9 bad"]) == 2
 
 
+def test_task_folder_is_self_contained(tmp_path, monkeypatch):
+    """Each task includes its template by a name in its own folder (where lmms-eval looks for a
+    relative include), not by the installed package's path: the folder still loads once moved
+    elsewhere, or after mirasol is reinstalled in another place."""
+    import shutil
+
+    import yaml
+
+    from mirasol.corpora.synth import synthesize
+
+    class Loader(yaml.SafeLoader):  # the templates' `!function module.name` tags, kept as their text
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    synthesize(tmp_path / "data", num=3, seed=1)
+    _task(tmp_path / "data", tmp_path / "tasks")
+    moved = Path(shutil.move(tmp_path / "tasks", tmp_path / "moved"))
+    monkeypatch.chdir(tmp_path)  # an include must not depend on the working folder either
+    kinds = {"free": "generate_until", "choice": "multiple_choice"}
+    for half, kind in kinds.items():
+        config = yaml.load((moved / f"mirasol_test_{half}.yaml").read_text(), Loader=Loader)
+        include = Path(config.pop("include"))
+        assert not include.is_absolute() and include.parent == Path(".")
+        template = moved / include
+        assert template.read_text() == (hooks.TEMPLATES / include.name).read_text()
+        merged = {**yaml.load(template.read_text(), Loader=Loader), **config}
+        assert merged["output_type"] == kind and merged["task"] == f"mirasol_test_{half}"
+        assert merged["doc_to_visual"] == "mirasol.lmms_eval.task.doc_to_visual"
+        assert (moved / merged["dataset_kwargs"]["data_files"]["test"]).is_file()
+    assert all(str(hooks.TEMPLATES) not in p.read_text() for p in moved.glob("*.yaml"))
+
+
 @pytest.mark.parametrize("whole", [False, True], ids=["clip", "whole"])
 def test_model_answers_as_evaluate_does(plugin, trained_run, tmp_path, whole):
     """The model class, given lmms-eval's requests for every row: evaluate's answer and correctness per

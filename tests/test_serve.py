@@ -302,6 +302,62 @@ def test_latent_cache_is_lru_bounded_and_cleans_partial_writes(tmp_path):
         cache.put("../evil", entry, {})
 
 
+def test_latent_cache_keeps_recently_read_entries_in_memory(tmp_path, monkeypatch):
+    """A second read of an entry opens no file; the memory bound drops the least recently used
+    entries; 0 keeps none; an entry deleted from disk leaves memory too."""
+    from mirasol.serve import latent_cache
+
+    opened = []
+    real_open = latent_cache.safe_open
+    monkeypatch.setattr(latent_cache, "safe_open", lambda path, **kw: opened.append(path) or real_open(path, **kw))
+    entry = {"full": torch.arange(25_600.0).reshape(100, 256)}  # 100 KiB
+    keys = [entry_key("run", f"file{i}", "s") for i in range(3)]
+    cache = LatentCache(tmp_path / "a", max_bytes=10**7, memory_bytes=250_000)  # room for two entries
+    for k in keys:
+        cache.put(k, entry, {"name": k[:8]})
+    first, again = cache.get(keys[0]), cache.get(keys[0])
+    assert len(opened) == cache.loads == 1 and cache.hits == 2
+    assert torch.equal(again[0]["full"], entry["full"]) and again[1] == first[1] == {"name": keys[0][:8]}
+    cache.get(keys[1])
+    cache.get(keys[2])  # a third entry: keys[0], the least recently used, leaves memory
+    cache.get(keys[1])
+    assert cache.loads == 3
+    cache.get(keys[0])
+    assert len(opened) == cache.loads == 4
+
+    off = LatentCache(tmp_path / "a", max_bytes=10**7, memory_bytes=0)
+    off.get(keys[0])
+    off.get(keys[0])
+    assert off.loads == 2
+
+    small = LatentCache(tmp_path / "b", max_bytes=250_000, memory_bytes=10**7)
+    small.put(keys[0], entry, {})
+    assert small.get(keys[0]) is not None
+    time.sleep(0.02)
+    small.put(keys[1], entry, {})
+    time.sleep(0.02)
+    small.put(keys[2], entry, {})  # the disk bound deletes keys[0]: memory forgets it as well
+    assert keys[0] not in small and small.get(keys[0]) is None
+
+
+def test_a_second_question_reads_no_latents_from_disk(client, service, media, run):
+    from mirasol.cli import main
+
+    vid = encoded(client, media.path("fits"))["id"]
+
+    def ask():
+        r = client.post(f"/videos/{vid}/ask", json={"question": "what is cooked?", "evidence": False})
+        assert r.status_code == 200, r.text
+        return {k: r.json()[k] for k in ("answer", "without_audio", "without_video")}
+
+    first = ask()
+    loads = service.cache.loads
+    assert ask() == first and service.cache.loads == loads  # from memory
+    service.cache._memory.clear()
+    assert ask() == first and service.cache.loads == loads + 1  # from disk: the same answers
+    assert main(["serve", "--run", str(run), "--memory-cache-mb", "-1"]) == 2
+
+
 def test_evidence_hides_exactly_one_chunk(service):
     """Masking chunk t in the decoder's memory gives the same score as removing chunk t's latents:
     the drop is log p(answer | all) - log p(answer | all but t)."""

@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -25,37 +24,24 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mirasol.serve.app import create_app  # noqa: E402
 from mirasol.serve.sandbox import HOOK_ENV, TESTING_ENV  # noqa: E402
 from mirasol.serve.service import Limits, Service  # noqa: E402
+from media_fixtures import tone, write_av  # noqa: E402
 from serve_testing import free_port, make_serve_run, rss_mb, start_server, stop, wait_ready  # noqa: E402
 
-# The containers the decoder promises, each with a codec pair it is commonly found with.
-CONTAINERS = {"mp4": ("libx264", "aac"), "mov": ("libx264", "aac"), "mkv": ("libx264", "mp3"),
-              "webm": ("libvpx", "libopus"), "avi": ("mpeg4", "mp3")}
+# The containers the decoder promises (format, video codec, audio codec), each with a codec pair
+# it is commonly found with.
+CONTAINERS = {"mp4": ("mp4", "libx264", "aac"), "mov": ("mov", "libx264", "aac"),
+              "mkv": ("matroska", "libx264", "mp3"), "webm": ("webm", "libvpx", "libopus"),
+              "avi": ("avi", "mpeg4", "mp3")}
 
 
 def write_media(path: Path, seconds: float = 2.0, fps: int = 10, size=(64, 48), rate: int = 48000) -> Path:
-    """A small video with a moving bar and a tone, in the container and codecs of its suffix."""
-    vcodec, acodec = CONTAINERS[path.suffix[1:]]
-    with av.open(str(path), "w") as out:
-        video = out.add_stream(vcodec, rate=fps)
-        video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
-        audio = out.add_stream(acodec, rate=rate, layout="mono")
-        for i in range(round(seconds * fps)):
-            image = np.zeros((size[1], size[0], 3), np.uint8)
-            image[:, : (i * 7) % size[0]] = (200, 40, 90)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(video.encode())
-        step, fmt = audio.codec_context.frame_size or 1024, audio.codec_context.format.name
-        t = np.arange(round(seconds * rate)) / rate
-        wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        integer = {"s16": np.int16, "s32": np.int32}.get(fmt[:3])
-        for k in range(0, len(wave) - step + 1, step):
-            block = wave[k:k + step]
-            block = (block * np.iinfo(integer).max).astype(integer) if integer else block
-            frame = av.AudioFrame.from_ndarray(block[None], format=fmt, layout="mono")
-            frame.sample_rate, frame.pts = rate, k
-            out.mux(audio.encode(frame))
-        out.mux(audio.encode())
-    return path
+    """A small video with a moving bar and a tone, in the container and codecs of its suffix. (A bar
+    on black compresses well: the page test's upload limit counts on files of about 20 KB.)"""
+    fmt, vcodec, acodec = CONTAINERS[path.suffix[1:]]
+    frames = np.zeros((round(seconds * fps), size[1], size[0], 3), np.uint8)
+    for i, image in enumerate(frames):
+        image[:, : (i * 7) % size[0]] = (200, 40, 90)
+    return write_av(path, fmt, vcodec, frames, fps, acodec, tone(seconds, rate), rate)
 
 
 def mutate(data: bytes, rng: random.Random, foreign: list[bytes]) -> tuple[str, bytes]:

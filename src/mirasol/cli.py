@@ -232,6 +232,8 @@ def cmd_serve(args) -> int:
     if args.media_root is not None and not Path(args.media_root).is_dir():
         raise UsageError(f"--media-root {args.media_root}: not a folder (give the folder whose videos the chat "
                          f"endpoint may read by file:// URL)")
+    if args.memory_cache_mb < 0:
+        raise UsageError(f"--memory-cache-mb must be >= 0 (0 keeps no latents in memory), got {args.memory_cache_mb:g}")
     if args.batch_window_ms < 0 or args.max_batch < 1:
         raise UsageError(f"--batch-window-ms must be >= 0 and --max-batch >= 1, got {args.batch_window_ms:g} "
                          f"and {args.max_batch}")
@@ -243,7 +245,8 @@ def cmd_serve(args) -> int:
     serve(args.run, host=args.host, port=args.port, token=args.token or os.environ.get("MIRASOL_SERVE_TOKEN"),
           cache_dir=args.cache, cache_bytes=int(args.cache_gb * 2**30), limits=limits, window=args.window,
           examples=args.examples, gradio=not args.no_gradio, log=sys.stderr, media_root=args.media_root,
-          batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch, allow_streams=allow_streams)
+          batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch,
+          memory_cache_bytes=int(args.memory_cache_mb * 2**20), allow_streams=allow_streams)
     return 0
 
 
@@ -475,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="access token clients must send (default: $MIRASOL_SERVE_TOKEN; required off 127.0.0.1)")
     p.add_argument("--cache", default=None, help="latent cache folder (default ~/.cache/mirasol/serve)")
     p.add_argument("--cache-gb", type=float, default=2.0, help="latent cache size bound in GB (default 2)")
+    p.add_argument("--memory-cache-mb", type=float, default=256.0,
+                   help="latents of the most recently asked videos kept in memory, in front of the disk cache, "
+                        "in MiB (default 256; 0 reads every question's latents from disk)")
     p.add_argument("--examples", default=None, help="a folder of example videos the page offers")
     p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (default 200 MiB)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest video in seconds (default 600)")

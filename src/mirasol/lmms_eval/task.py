@@ -4,9 +4,10 @@
     lmms-eval --model mirasol --model_args run=RUN --tasks mirasol_test --include_path tasks/
 
 `write_task` writes the manifest's rows (video paths made absolute) as two local JSON Lines files,
-free answers and multiple choice, and three task files: the two halves, each including the packaged
-template of its kind (tasks/_mirasol_free.yaml, tasks/_mirasol_choice.yaml), and their group. The
-functions below are the templates' document hooks. Importing this module needs neither torch nor
+free answers and multiple choice, and three task files: the two halves, each including a copy of
+the packaged template of its kind (tasks/_mirasol_free.yaml, tasks/_mirasol_choice.yaml) written
+next to it and named relatively, so the folder stays valid wherever mirasol is installed or the
+folder is moved; and their group. The functions below are the templates' document hooks. Importing this module needs neither torch nor
 lmms-eval.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from mirasol.data.manifest import normalize_answer, prompt_for, read_manifest
@@ -72,11 +74,12 @@ def write_task(manifest: str | Path, out: str | Path, name: str | None = None) -
         data = out / f"{task}.jsonl"
         data.write_text("".join(json.dumps(_row(s), ensure_ascii=False) + "\n" for s in rows))
         config = out / f"{task}.yaml"
-        template = json.dumps(str(TEMPLATES / f"_mirasol_{half}.yaml"))  # a JSON string is a YAML string
+        template = out / f"_mirasol_{half}.yaml"  # lmms-eval resolves a relative include in the task's folder
+        shutil.copyfile(TEMPLATES / template.name, template)
         config.write_text(f"# lmms-eval task: the {half}-answer rows of {Path(manifest).name} (written by "
-                          f"`mirasol lmms-task`)\ninclude: {template}\ntask: {task}\n"
+                          f"`mirasol lmms-task`)\ninclude: {json.dumps(template.name)}\ntask: {task}\n"
                           f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(data.name)}\n")
-        written += [data, config]
+        written += [data, template, config]
         tasks[half] = task
     group = out / f"{name}.yaml"
     group.write_text(f"# lmms-eval group: every row of {Path(manifest).name}\ngroup: {name}\ntask:\n"

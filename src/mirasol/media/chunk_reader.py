@@ -10,15 +10,15 @@ the chunk being returned, the next one (read ahead for its first audio samples) 
 milliseconds of the previous one.
 
 The frames are those `load_clip` samples over the whole video (frame i of chunk t shows time
-t * chunk_seconds + (i + 0.5) / fps). The log-mel frames near a chunk's edges read a few
-milliseconds of the neighbouring chunks, so each chunk's spectrogram is computed from its own
-samples plus those of its neighbours: the audio matches one spectrogram of the whole file (up to
+t * chunk_seconds + (i + 0.5) / fps). The audio features (cfg.audio_features, as load_clip computes
+them) near a chunk's edges read a few milliseconds of the neighbouring chunks, so each chunk's
+spectrogram is computed from its own samples plus those of its neighbours (features.chunk_features,
+which the live decoder shares): the audio matches one spectrogram of the whole file (up to
 the resampler's edge effects where decoding restarts, which are small).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ import numpy as np
 
 from mirasol.config import MirasolConfig
 from mirasol.media.decode import DecodedMedia, MediaError, decode_media
-from mirasol.media.features import fft_size, log_mel
+from mirasol.media.features import chunk_features, context_samples
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ class MediaChunk:
     index: int  # t: the chunk's place in the stream
     start: float  # seconds from the start of the file
     video: "torch.Tensor"  # [frames_per_chunk, 3, S, S] float32 in [0, 1]
-    audio: "torch.Tensor"  # [n_mels, audio_frames_per_chunk] log-mel
+    audio: "torch.Tensor"  # [n_mels, audio_frames_per_chunk] features (cfg.audio_features)
     valid_seconds: float  # real content from `start` (less than chunk_seconds only in the last chunk)
     has_audio: bool
     duration: float | None  # of the file, when the container records it
@@ -79,20 +79,17 @@ def iter_chunks(path: str | os.PathLike, cfg: MirasolConfig, start: float = 0.0,
             return None
         return media
 
-    # Audio context on each side: whole hops covering half an FFT window.
-    hop = cfg.hop_length
-    side = math.ceil(fft_size(cfg.win_length) / 2 / hop) * hop
-    a = cfg.audio_frames_per_chunk
+    side = context_samples(cfg)  # audio context on each side
     previous_tail = np.zeros(side, dtype=np.float32)  # silence before the first chunk, as in load_clip
     current, t = decode(0), 0
     while current is not None:
         following = decode(t + 1)
         head = following.waveform[:side] if following is not None else np.zeros(side, dtype=np.float32)
         wave = np.concatenate([previous_tail, current.waveform, head])
-        audio = log_mel(wave, cfg, num_frames=side // hop + a)[:, side // hop:]
+        audio = chunk_features(wave, cfg)
         video = torch.from_numpy(current.frames).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
         valid = min(seconds, max(current.video_seconds, current.audio_seconds))
-        yield MediaChunk(index=t, start=current.window_start, video=video, audio=audio.contiguous(),
+        yield MediaChunk(index=t, start=current.window_start, video=video, audio=audio,
                          valid_seconds=valid, has_audio=current.has_audio, duration=current.duration)
         previous_tail = current.waveform[-side:]
         current, t = following, t + 1

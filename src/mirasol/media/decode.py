@@ -30,7 +30,10 @@ builder skips and counts the file for 'skip' and stops for 'error'. Decoding alw
 stops READ_AHEAD_S past the window or at the end of the file.
 
 Cost and memory: the decoder seeks to the keyframe before the window (never decodes the file from
-its start for a late window), frames are streamed and only the sampled ones are converted (by
+its start for a late window, unless the seek finds no frame at or before it: a stream without an
+index or with sparse keyframes, such as MPEG-TS, is then sought again further back (SEEK_BACKOFF_S)
+and at last decoded from its start, discarding frames until the window; DecodedMedia.seek_fallback
+says so), frames are streamed and only the sampled ones are converted (by
 FFmpeg, straight to the target size) and kept, and audio outside the window is dropped as it is
 decoded; memory does not grow with the file's length or resolution beyond one decoded frame.
 'uniform' seeks again whenever the next sample time lies more than a keyframe interval ahead
@@ -53,6 +56,9 @@ from mirasol.errors import MirasolError
 # Seek this much before the window start, so that the audio packets (which the demuxer positions
 # near, not necessarily before, the video keyframe) cover the start of the window too.
 SEEK_MARGIN_S = 0.5
+# Seeks further back (seconds before the window) when a seek finds no frame at or before the window
+# (no index, or the keyframe is further back), before decoding from the start of the file.
+SEEK_BACKOFF_S = (2.0, 8.0, 30.0)
 # Stop reading once a packet is this far past the window end; streams are interleaved far closer
 # than this, so anything still missing (e.g. audio that ended early) will not come.
 READ_AHEAD_S = 5.0
@@ -101,6 +107,8 @@ class DecodedMedia:
     # 'uniform' over a long part: the T spans [s_t, e_t) the chunks come from; the waveform is then
     # T separate chunk_seconds pieces (one from the middle of each span), not one stretch of sound.
     spans: list[tuple[float, float]] | None = None
+    # The first seek found no frame at or before the window: decoded from further back or the start.
+    seek_fallback: bool = False
 
 
 def plan_window(cfg: MirasolConfig, duration: float | None, start: float | None = None,
@@ -346,21 +354,24 @@ def decode_media(path: str | os.PathLike | bytes, cfg: MirasolConfig, start: flo
         path = name or "<bytes>"
         if not data:
             raise MediaError(path, "empty file (0 bytes)")
-    for from_beginning in (False, True):
+    for seek_back in (SEEK_MARGIN_S, *SEEK_BACKOFF_S, None):  # None: from the start, no seek
         container = _open(path, data)
         try:
-            result = _decode(container, path, cfg, start, end, from_beginning)
+            result = _decode(container, path, cfg, start, end, seek_back)
         except (av.FFmpegError, OSError) as error:  # corrupt or truncated data
             raise MediaError(path, f"decoding failed ({error})") from error
         finally:
             container.close()
         if result is not None:
+            result.seek_fallback = seek_back != SEEK_MARGIN_S
             return result
     raise AssertionError("unreachable: decoding from the beginning always returns")
 
 
-def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning: bool) -> DecodedMedia | None:
-    """Returns None when seeking overshot the window (bad index); the caller retries without seeking."""
+def _decode(container, path: str, cfg: MirasolConfig, start, end, seek_back: float | None) -> DecodedMedia | None:
+    """Decode after seeking `seek_back` seconds before the window (None: from the start). Returns
+    None when the seek overshot the window or found no frame (no index, sparse keyframes); the
+    caller retries further back."""
     video = _pick_video(container, path)
     audio = container.streams.best("audio")
     if audio is None and cfg.missing_audio != "zeros":
@@ -375,7 +386,8 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
         raise MediaError(path, str(error)) from None
     spans = uniform_spans(cfg, duration, start, end) if cfg.clip_window == "uniform" else None
     if spans is not None:
-        return _decode_uniform(container, path, cfg, video, audio, origin, duration, spans)
+        return _decode_uniform(container, path, cfg, video, audio, origin, duration, spans,
+                               from_beginning=seek_back != SEEK_MARGIN_S)
 
     # Sample times of the real frames; the rest of the clip repeats the last one.
     n_real_frames = min(cfg.num_frames, max(1, math.ceil((content_end - ws) * cfg.fps - 0.5)))
@@ -385,9 +397,9 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
     real_samples = min(clip_samples, round((content_end - ws) * cfg.sample_rate))
     sound = _AudioWindow(ws, clip_samples, real_samples, cfg.sample_rate, origin)
 
-    seek_to = max(0.0, ws - SEEK_MARGIN_S)
+    seek_to = 0.0 if seek_back is None else max(0.0, ws - seek_back)
     seeked = False
-    if seek_to > 0 and not from_beginning:
+    if seek_to > 0:
         try:
             container.seek(round((origin + seek_to) / video.time_base), stream=video, backward=True)
             seeked = True
@@ -411,6 +423,8 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
                 packet_time is not None and packet_time - origin > content_end + READ_AHEAD_S):
             reached_eof = False
             break
+    if seeked and sampler.first_time is None:
+        return None  # the seek led to no decodable frame (e.g. no keyframe after it before the end)
     sound.feed(None)
 
     # A frame after the last sample time was seen: the video is real up to content_end. Otherwise
@@ -435,21 +449,27 @@ def _decode(container, path: str, cfg: MirasolConfig, start, end, from_beginning
 
 
 def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, origin: float,
-                    duration: float | None, spans: list[tuple[float, float]]) -> DecodedMedia:
+                    duration: float | None, spans: list[tuple[float, float]],
+                    from_beginning: bool = False) -> DecodedMedia | None:
     """'uniform' (see module doc): a video pass that seeks from sample to sample where that skips
-    frames, then one short audio read per chunk."""
+    frames, then one short audio read per chunk. Returns None when a seek lands after its sample
+    time or finds no frame (the caller retries with `from_beginning`: one pass, no seeks)."""
     targets, audio_starts = uniform_times(cfg, spans)
     sampler, nominal_step = _video_sampler(video, cfg, targets)
 
     pos = None  # time of the last decoded frame
     gop, last_key = MIN_SEEK_GAP_S, None  # longest keyframe interval seen, last keyframe time
+    if from_beginning:
+        gop, pos = float("inf"), 0.0
     while not sampler.done:
         target = targets[len(sampler.images)]
+        seeked = False
         if pos is None or target - pos > gop:
             last_key = None  # keyframe intervals are measured within one stretch of decoding
             try:
                 container.seek(round((origin + max(0.0, target - SEEK_MARGIN_S)) / video.time_base),
                                stream=video, backward=True)
+                seeked = True
             except av.FFmpegError:
                 if pos is not None:
                     gop = float("inf")  # not seekable: read on from here
@@ -457,6 +477,9 @@ def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, orig
         for packet in container.demux(video):
             for frame in packet.decode():
                 time, shown_for = _frame_time(frame, origin, pos, nominal_step)
+                if seeked and time > target + 1e-6 and _stream_start(video, origin) < time - 1e-6:
+                    return None  # the seek landed after the sample time although earlier frames exist
+                seeked = False
                 if frame.key_frame:
                     if last_key is not None and time > last_key:
                         gop = max(gop, time - last_key)
@@ -467,6 +490,8 @@ def _decode_uniform(container, path: str, cfg: MirasolConfig, video, audio, orig
                 ended = False
                 break  # done, or (having filled a sample) the next one is far enough ahead to seek to
         if ended:
+            if seeked:
+                return None  # the seek led to no decodable frame
             break  # end of the stream: the last frame stays on screen
     sampler.finish()
     if not sampler.images:

@@ -1,6 +1,8 @@
 """Log-mel spectrogram in plain torch, with a fixed normalisation.
 
     log_mel(waveform, cfg) -> [n_mels, frames]
+    audio_features(waveform, cfg)   # what cfg.audio_features asks for: log_mel or Whisper's
+    chunk_features(waveform, cfg)   # one chunk of a stream, from its samples and its neighbours'
 
 - Frame j is centred on sample j * hop_length, i.e. on time j * audio_hop_ms: the signal is
   zero-padded by n_fft / 2 on both sides (silence outside the given samples, no reflection), so
@@ -23,6 +25,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -167,3 +170,20 @@ def audio_features(waveform, cfg: MirasolConfig, num_frames: int | None = None) 
     if cfg.audio_features == "whisper":
         return whisper_log_mel(waveform, cfg, num_frames)
     return log_mel(waveform, cfg, num_frames)
+
+
+# --- One chunk's features, from its samples and a little of its neighbours' --------------------
+
+def context_samples(cfg: MirasolConfig) -> int:
+    """Samples of the neighbouring chunks that a chunk's edge frames read on each side: whole hops
+    covering half of the FFT window that cfg.audio_features uses."""
+    n_fft = cfg.win_length if cfg.audio_features == "whisper" else fft_size(cfg.win_length)
+    return math.ceil(n_fft / 2 / cfg.hop_length) * cfg.hop_length
+
+
+def chunk_features(waveform, cfg: MirasolConfig) -> torch.Tensor:
+    """[n_mels, audio_frames_per_chunk] features (cfg.audio_features) of one chunk, given its samples
+    with context_samples(cfg) more on each side (silence where there is no neighbour): the chunk's
+    frames of one spectrogram of the whole stream."""
+    skip = context_samples(cfg) // cfg.hop_length
+    return audio_features(waveform, cfg, num_frames=skip + cfg.audio_frames_per_chunk)[:, skip:].contiguous()

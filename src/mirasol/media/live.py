@@ -46,7 +46,7 @@ from mirasol.config import MirasolConfig
 from mirasol.media.chunk_reader import MediaChunk
 from mirasol.media.decode import (_AUDIO_JITTER_S, MediaError, NoAudioError, _MonoResampler, _pick_video,
                                   _seconds, _square_image)
-from mirasol.media.features import audio_features, fft_size
+from mirasol.media.features import chunk_features, context_samples
 
 NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "srt", "tcp")  # HLS: an http(s) .m3u8 URL
 DEFAULT_STALL_TIMEOUT_S = 10.0
@@ -247,8 +247,7 @@ class _Assembler:
         self.frames = _ForwardFrames(cfg, convert)
         self.audio = _ForwardAudio(cfg.sample_rate)
         self.n = round(cfg.chunk_seconds * cfg.sample_rate)  # samples per chunk
-        hop = cfg.hop_length
-        self.side = math.ceil(fft_size(cfg.win_length) / 2 / hop) * hop  # audio context on each side
+        self.side = context_samples(cfg)  # audio context on each side
         self.next = 0  # next chunk to yield
         # Chunk t+1 surely counts (real content past its first frame time) once this far into it.
         self.lead = max(self.side / cfg.sample_rate, 0.5 / cfg.fps) + 1e-6
@@ -270,8 +269,7 @@ class _Assembler:
         wave = self.audio.span(lo - self.side, hi + (0 if last else self.side))
         if last:  # no next chunk: its samples are silence, as iter_chunks pads
             wave = np.concatenate([wave, np.zeros(self.side, np.float32)])
-        features = audio_features(wave, cfg, num_frames=self.side // cfg.hop_length + cfg.audio_frames_per_chunk)
-        features = features[:, self.side // cfg.hop_length:].contiguous()
+        features = chunk_features(wave, cfg)
         video = self.torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
         self.audio.drop_before(hi - self.side)
         self.next += 1

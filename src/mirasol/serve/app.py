@@ -293,7 +293,8 @@ def is_loopback(host: str) -> bool:
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           cache_dir: str | None = None, cache_bytes: int = 2 * 2**30, limits=None, window: int | None = None,
           examples: str | None = None, gradio: bool = True, log=None, media_root: str | None = None,
-          batch_window_s: float | None = None, max_batch: int | None = None, allow_streams=None) -> None:
+          batch_window_s: float | None = None, max_batch: int | None = None,
+          memory_cache_bytes: int | None = None, allow_streams=None) -> None:
     """Load the run and serve the page and API until interrupted. Any address but the loopback
     needs a token (UsageError otherwise)."""
     import os
@@ -308,9 +309,10 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None
                          f"with --token or MIRASOL_SERVE_TOKEN (or listen on 127.0.0.1)")
     if cache_dir is None:
         cache_dir = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirasol" / "serve")
-    batching = {k: v for k, v in (("batch_window_s", batch_window_s), ("max_batch", max_batch)) if v is not None}
+    tuning = {k: v for k, v in (("batch_window_s", batch_window_s), ("max_batch", max_batch),
+                                ("memory_cache_bytes", memory_cache_bytes)) if v is not None}  # else Service's defaults
     service = Service(run, cache_dir, cache_bytes=cache_bytes, limits=limits, window=window, examples=examples,
-                      **batching)
+                      **tuning)
     app = create_app(service, token=token, gradio=gradio, media_root=media_root, allow_streams=allow_streams)
     shown = f"[{host}]" if ":" in host else host
     if log is not None:

@@ -42,7 +42,7 @@ from mirasol.errors import MirasolError, UsageError
 from mirasol.eval.predict import answer_budget, family_answers
 from mirasol.serve.batcher import MAX_BATCH, WINDOW_S, Answer, Batcher, Request
 from mirasol.serve.evidence import chunk_evidence
-from mirasol.serve.latent_cache import KEY, LatentCache, entry_key, file_sha256
+from mirasol.serve.latent_cache import KEY, MEMORY_BYTES, LatentCache, entry_key, file_sha256
 from mirasol.serve.sandbox import Refused, Sandbox, SandboxError, SandboxLimits
 
 MAX_EXAMPLES = 100  # the first, by name, of an --examples folder
@@ -128,7 +128,8 @@ class Service:
     def __init__(self, run: str | os.PathLike, cache_dir: str | os.PathLike, cache_bytes: int = 2 * 2**30,
                  limits: Limits | None = None, window: int | None = None,
                  examples: str | os.PathLike | None = None, chunk_delay: float = 0.0,
-                 batch_window_s: float = WINDOW_S, max_batch: int = MAX_BATCH, sandbox: bool = True):
+                 batch_window_s: float = WINDOW_S, max_batch: int = MAX_BATCH, sandbox: bool = True,
+                 memory_cache_bytes: int = MEMORY_BYTES):
         from mirasol.run_dir import load_run
 
         self.run = Path(run)
@@ -143,7 +144,7 @@ class Service:
                                     "image_size": self.cfg.image_size, "frames": self.cfg.frames_per_chunk,
                                     "chunk_seconds": self.cfg.chunk_seconds}, sort_keys=True)
         root = Path(cache_dir)
-        self.cache = LatentCache(root / "latents", cache_bytes)
+        self.cache = LatentCache(root / "latents", cache_bytes, memory_cache_bytes)
         self.uploads = root / "uploads"
         shutil.rmtree(self.uploads, ignore_errors=True)  # uploads of a previous process
         self.uploads.mkdir(parents=True, exist_ok=True)

@@ -178,6 +178,18 @@ def write_av(path: Path, fmt: str, vcodec: str, frames: np.ndarray, fps: int, ac
     return path
 
 
+def remux(src, dst, fmt: str, audio: bool = True) -> None:
+    """Copy `src`'s streams (without audio if asked) into a `fmt` container, no re-encoding."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
+        kept = [s for s in inp.streams if s.type == "video" or (audio and s.type == "audio")]
+        streams = {s.index: out.add_stream_from_template(s) for s in kept}
+        for packet in inp.demux(*kept):
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+
+
 def set_mp4_rotation(path: Path, degrees: int) -> None:
     """Store a display rotation (degrees counter-clockwise, a multiple of 90) in the first track's
     header matrix of an mp4/mov file, as phones do; the picture itself is unchanged."""

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,3 +110,73 @@ def synthetic_video(path: Path, seconds: float) -> Path:
     from mirasol.perf.media import write_test_video
 
     return write_test_video(path, seconds, (64, 48), fps=10)
+
+
+class TsSender:
+    """An MPEG-TS file's bytes sent from 127.0.0.1 as a live source, at `speed` times the clip's
+    own pace (`seconds` long): over UDP in datagrams of 7 TS packets (as FFmpeg sends) to `port`,
+    or over TCP to the one client that connects to `url`. After the first `fraction` of the bytes
+    it closes (`then="close"`), goes silent while the connection stays open ("stall") or starts
+    again from the first byte ("loop", until `stop()`)."""
+
+    DATAGRAM = 7 * 188
+
+    def __init__(self, data: bytes, seconds: float, kind: str = "tcp", port: int | None = None,
+                 speed: float = 1.0, fraction: float = 1.0, then: str = "close"):
+        self.data, self.seconds, self.kind, self.speed = data, seconds, kind, speed
+        self.fraction, self.then = fraction, then
+        self.stopped = threading.Event()
+        self.rounds = 0
+        if kind == "tcp":
+            self.server = socket.socket()
+            self.server.bind(("127.0.0.1", 0))
+            self.server.listen(1)
+            port = self.server.getsockname()[1]
+        self.url = f"{kind}://127.0.0.1:{port}"
+        self.port = port
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _serve(self) -> None:
+        if self.kind == "tcp":
+            self.server.settimeout(60)
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            send = conn.sendall
+        else:
+            conn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+            def send(block: bytes) -> None:
+                for i in range(0, len(block), self.DATAGRAM):
+                    conn.sendto(block[i:i + self.DATAGRAM], ("127.0.0.1", self.port))
+        try:
+            while not self.stopped.is_set():
+                self._once(send)
+                self.rounds += 1
+                if self.then != "loop":
+                    break
+            if self.then == "stall":
+                self.stopped.wait(60)
+        except OSError:
+            pass  # the reader went away
+        finally:
+            conn.close()
+            if self.kind == "tcp":
+                self.server.close()
+
+    def _once(self, send) -> None:
+        size = int(len(self.data) * self.fraction)
+        pieces = max(1, int(self.seconds * self.fraction * 10))  # a tenth of a second each
+        start = time.monotonic()
+        for i in range(pieces):
+            if self.stopped.is_set():
+                return
+            send(self.data[i * size // pieces:(i + 1) * size // pieces])
+            delay = start + (i + 1) * self.seconds * self.fraction / pieces / self.speed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)

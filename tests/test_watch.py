@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-import av
 import pytest
 import torch
 
+from media_fixtures import remux
 from mirasol import Mirasol, MirasolConfig
 from mirasol.cli import main as cli
 from mirasol.corpora.long_world import plan_long, render_clip, synthesize_long
@@ -55,18 +55,6 @@ def world(tmp_path_factory):
     remux(mp4, folder / "clip.ts", "mpegts")
     remux(mp4, folder / "silent.ts", "mpegts", audio=False)
     return spec, Path(mp4), folder / "clip.ts", folder / "silent.ts"
-
-
-def remux(src, dst, fmt: str, audio: bool = True) -> None:
-    """Copy `src`'s streams (without audio if asked) into a `fmt` container, no re-encoding."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
-        kept = [s for s in inp.streams if s.type == "video" or (audio and s.type == "audio")]
-        streams = {s.index: out.add_stream_from_template(s) for s in kept}
-        for packet in inp.demux(*kept):
-            if packet.dts is None:
-                continue
-            packet.stream = streams[packet.stream.index]
-            out.mux(packet)
 
 
 def tiny_cfg(run) -> MirasolConfig:

@@ -239,11 +239,14 @@ def cmd_serve(args) -> int:
                          f"and {args.max_batch}")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_seconds=args.max_seconds,
                     queue=args.queue, max_pending=args.max_pending)
+    from mirasol.serve.streams import AllowList
+
+    allow_streams = AllowList(args.allow_streams)  # checked before the model loads
     serve(args.run, host=args.host, port=args.port, token=args.token or os.environ.get("MIRASOL_SERVE_TOKEN"),
           cache_dir=args.cache, cache_bytes=int(args.cache_gb * 2**30), limits=limits, window=args.window,
           examples=args.examples, gradio=not args.no_gradio, log=sys.stderr, media_root=args.media_root,
           batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch,
-          memory_cache_bytes=int(args.memory_cache_mb * 2**20))
+          memory_cache_bytes=int(args.memory_cache_mb * 2**20), allow_streams=allow_streams)
     return 0
 
 
@@ -493,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 5 ms; 0: only those already waiting)")
     p.add_argument("--max-batch", type=int, default=32,
                    help="most questions answered in one batched decoder pass (default 32; 1: one at a time)")
+    p.add_argument("--allow-streams", action="append", default=[], metavar="SCHEME://HOST[:PORT]",
+                   help="let clients start live streams (POST /streams) from these sources only: comma-separated "
+                   "or repeated, scheme udp, tcp, http or https, an exact host, and a port or * for any (no port: "
+                   "any), e.g. --allow-streams udp://127.0.0.1,tcp://127.0.0.1:9000. Default: none (streams off). "
+                   "The server relays the bytes; a sandboxed worker decodes them (docs/serving.md)")
     p.add_argument("--no-gradio", action="store_true",
                    help="do not mount the Gradio page at /gradio (by default it is, where the serve-gradio extra "
                    "is installed; the plain page at / is always there)")

@@ -86,6 +86,111 @@ class _Answerer:
         return text
 
 
+class Standing:
+    """Standing questions over a stream, checked after every chunk pushed: each of `asks` answered
+    each time another `every` seconds of video have been seen; each `when` (question, answer)
+    asked after every chunk until its answer is that, then reported once with the chunk. Shared
+    by `mirasol watch` and the server's streams; questions may be added while it runs."""
+
+    def __init__(self, asks: list[str] | None = None, every: float = 1.0,
+                 whens: list[tuple[str, str]] | None = None):
+        self.asks, self.every, self.whens = list(asks or []), every, list(whens or [])
+        self.next_at, self.answered_at = every, 0.0
+
+    def after_chunk(self, chunk, video_seconds: float, answer) -> list[tuple[str, str, str, dict | None]]:
+        """(kind, question, answer, extra) for what is due now that `chunk` is in; `answer(question)`."""
+        due = []
+        for question, expected in list(self.whens):
+            text = answer(question)
+            if _same(text, expected):
+                self.whens.remove((question, expected))
+                due.append(("when", question, text,
+                            {"chunk": chunk.index, "chunk_start": chunk.start, "chunk_end": chunk.end}))
+        if self.asks and video_seconds >= self.next_at - 1e-6:
+            for question in list(self.asks):
+                due.append(("ask", question, answer(question), None))
+            self.answered_at = video_seconds
+            # once for every point passed (after a drop, several), then the next one ahead
+            self.next_at += self.every * max(1, math.floor((video_seconds - self.next_at) / self.every + 1e-6) + 1)
+        return due
+
+
+class Follower:
+    """Reads a live source's chunks in a thread and hands them to a consumer in order; when the
+    consumer falls more than `max_behind` seconds behind a live source, it gets the newest chunk
+    only and the ones skipped are counted (the policy of the module doc). `live=False` (a finished
+    file) keeps the reader at most FILE_QUEUE_CHUNKS ahead and never drops."""
+
+    def __init__(self, chunks, live: bool, until: float | None = None):
+        self.chunks, self.live, self.until = chunks, live, until
+        self.items: queue.Queue = queue.Queue(maxsize=0 if live else FILE_QUEUE_CHUNKS)
+        self.stopping = threading.Event()
+        self.dropped = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+
+    def start(self) -> None:
+        self.reader.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _put(self, item) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _read(self) -> None:
+        try:
+            for item in self.chunks:
+                if not self._put(("chunk", item)):
+                    break
+                if self.until is not None and item.chunk.end >= self.until - 1e-6:
+                    self._put(("end", None))
+                    self.stopping.wait()  # closing the source (a network one can take seconds) waits for the answers
+                    return
+            self._put(("end", None))
+        except BaseException as error:  # handed to the consumer, which says it
+            self._put(("end", error))
+        finally:
+            self.chunks.close()
+
+    def run(self, on_chunk, max_behind: float, ready: float | None = None, idle=None, on_drop=None):
+        """Call `on_chunk(live_chunk)` for each chunk taken, `idle()` about every 50 ms and
+        `on_drop(skipped, behind_s)` after a drop, until the source ends or `stop()`. Returns how
+        it ended: None (its end, or `until`) or the error that ended it. `ready`: wall time before
+        which waiting does not count as behind (the model was loading)."""
+        ready = time.time() if ready is None else ready
+        while not self.stopping.is_set():
+            try:
+                tag, payload = self.items.get(timeout=0.05)
+            except queue.Empty:
+                tag = None
+            if idle is not None:
+                idle()
+            if tag is None:
+                continue
+            if tag == "end":
+                return payload
+            skipped, behind_s = 0, time.time() - max(payload.arrived, ready)
+            behind = self.live and behind_s > max_behind
+            while behind and not self.items.empty():  # too far behind live: keep only the newest chunk
+                tag2, newer = self.items.get()
+                if tag2 == "end":
+                    self.items.put((tag2, newer))  # said after this chunk
+                    break
+                payload, skipped = newer, skipped + 1
+            if skipped:
+                self.dropped += skipped
+                if on_drop is not None:
+                    on_drop(skipped, behind_s)
+            on_chunk(payload)
+        return None
+
+
 def _read_questions(stream, out: queue.Queue) -> None:
     try:
         for line in stream:
@@ -125,55 +230,29 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
     chunks = live_chunks(source, cfg, realtime=realtime, follow=kind == "growing", stall_timeout=stall_timeout,
                          silent_ok=silent, until=until)  # opens nothing until iterated
     live = kind != "file" or realtime
-    items: queue.Queue = queue.Queue(maxsize=0 if live else FILE_QUEUE_CHUNKS)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def read() -> None:
-        try:
-            for item in chunks:
-                if not put(("chunk", item)):
-                    break
-                if until is not None and item.chunk.end >= until - 1e-6:
-                    put(("end", None))
-                    stop.wait()  # closing the source (a network one can take seconds) waits for the answers
-                    return
-            put(("end", None))
-        except BaseException as error:  # handed to the main thread, which says it
-            put(("end", error))
-        finally:
-            chunks.close()
-
+    follower = Follower(chunks, live, until)
     typed: queue.Queue = queue.Queue()
     if stdin is not None:
         threading.Thread(target=_read_questions, args=(stdin, typed), daemon=True).start()
-    reader = threading.Thread(target=read, daemon=True)
     result = WatchResult(status=0)
-    reader.start()  # a live source is opened (and buffered) while the model loads
+    follower.start()  # a live source is opened (and buffered) while the model loads
     try:
         model, tokenizer, stats, _ = load_run(run)
     except BaseException:
-        stop.set()
+        follower.stop()
         raise
     model.eval()
-    every = cfg.chunk_seconds if every is None else every
-    answer = _Answerer(model, tokenizer, stats, source)
+    standing = Standing(asks, cfg.chunk_seconds if every is None else every, whens)
+    answerer = _Answerer(model, tokenizer, stats, source)
     session = model.stream(max_context_chunks=window, keep_latents=window)
     ready = time.time()  # chunks that waited for the model to load are not "behind"
+    latest = None
 
-    def emit(kind_: str, question: str, text: str, latest, extra: dict | None = None) -> None:
+    def emit(kind_: str, question: str, text: str, extra: dict | None = None) -> None:
         now = time.time()
         line = {"video_seconds": round(result.video_seconds, 3), "kind": kind_, "question": question,
                 "answer": text, "wall_time": round(now, 3), "lag_seconds": round(now - latest.arrived, 3),
-                "chunks": session.chunks, "dropped": result.dropped, **(extra or {})}
+                "chunks": session.chunks, "dropped": follower.dropped, **(extra or {})}
         result.lines.append(line)
         if as_json:
             print(json.dumps(line), file=out, flush=True)
@@ -181,61 +260,37 @@ def watch(run: str, source: str, asks: list[str] | None = None, every: float | N
             where = f" (chunk {extra['chunk']}: {extra['chunk_start']:g}-{extra['chunk_end']:g} s)" if extra else ""
             print(f"[{result.video_seconds:g} s] {question} -> {text}{where}", file=out, flush=True)
 
-    next_at, answered_at = every, 0.0
-    latest = None
-    pending_when = list(whens)
-    ending = None
+    def typed_questions() -> None:
+        while latest is not None and not typed.empty():
+            question = typed.get()
+            emit("typed", question, answerer(session, question))
+
+    def dropped(skipped: int, behind_s: float) -> None:
+        if log is not None:
+            print(f"note: {behind_s:.1f} s behind live; "
+                  f"dropped {skipped} chunk(s) ({follower.dropped} in all) to catch up", file=log, flush=True)
+
+    def take(live_chunk) -> None:
+        nonlocal latest
+        latest = live_chunk
+        chunk = live_chunk.chunk
+        session.push(chunk.video[None], chunk.audio[None])
+        result.chunks += 1
+        result.video_seconds = chunk.end
+        for kind_, question, text, extra in standing.after_chunk(chunk, result.video_seconds,
+                                                                 lambda q: answerer(session, q)):
+            emit(kind_, question, text, extra)
+
     try:
-        while True:
-            try:
-                tag, payload = items.get(timeout=0.05)
-            except queue.Empty:
-                tag = None
-            while latest is not None and not typed.empty():
-                question = typed.get()
-                emit("typed", question, answer(session, question), latest)
-            if tag is None:
-                continue
-            if tag == "end":
-                ending = payload
-                break
-            skipped, behind_s = 0, time.time() - max(payload.arrived, ready)
-            behind = live and behind_s > max_behind
-            while behind and not items.empty():  # too far behind live: keep only the newest chunk
-                tag2, newer = items.get()
-                if tag2 == "end":
-                    items.put((tag2, newer))  # said after this chunk
-                    break
-                payload, skipped = newer, skipped + 1
-            if skipped:
-                result.dropped += skipped
-                if log is not None:
-                    print(f"note: {behind_s:.1f} s behind live; "
-                          f"dropped {skipped} chunk(s) ({result.dropped} in all) to catch up", file=log, flush=True)
-            latest = payload
-            chunk = payload.chunk
-            session.push(chunk.video[None], chunk.audio[None])
-            result.chunks += 1
-            result.video_seconds = chunk.end
-            for question, expected in list(pending_when):
-                text = answer(session, question)
-                if _same(text, expected):
-                    pending_when.remove((question, expected))
-                    emit("when", question, text, latest,
-                         {"chunk": chunk.index, "chunk_start": chunk.start, "chunk_end": chunk.end})
-            if asks and result.video_seconds >= next_at - 1e-6:
-                for question in asks:
-                    emit("ask", question, answer(session, question), latest)
-                answered_at = result.video_seconds
-                # once for every point passed (after a drop, several), then the next one ahead
-                next_at += every * max(1, math.floor((result.video_seconds - next_at) / every + 1e-6) + 1)
+        ending = follower.run(take, max_behind, ready=ready, idle=typed_questions, on_drop=dropped)
     finally:
-        stop.set()
+        follower.stop()
         result.wall_seconds = time.time() - ready
+        result.dropped = follower.dropped
     if ending is None:
-        if asks and result.video_seconds > answered_at + 1e-6 and (until is None or result.video_seconds < until):
+        if asks and result.video_seconds > standing.answered_at + 1e-6 and (until is None or result.video_seconds < until):
             for question in asks:  # the end of a file: answer about all of it
-                emit("ask", question, answer(session, question), latest)
+                emit("ask", question, answerer(session, question))
         return result
     if isinstance(ending, NoAudioError):
         result.status = EXIT_NO_AUDIO

@@ -313,6 +313,26 @@ def live_chunks(source: str, cfg: MirasolConfig, realtime: bool = False, follow:
             handle.close()
 
 
+def live_chunks_from(reader, name: str, cfg: MirasolConfig, format: str | None = None, check=None,
+                     silent_ok: bool = False) -> Iterator[LiveChunk]:
+    """`live_chunks` over a live stream's bytes read from `reader` (an object with `read(n)` that
+    returns b"" at the stream's end), as a network stream is read: what opens no connection of
+    its own (the server's sandboxed decoder reads what the server relays). `format`: the
+    container (None: probed); `check(container)` may refuse it (raise) before anything decodes;
+    `name` is the source's name in messages."""
+    options = {"analyzeduration": LIVE_ANALYZE_US, "protocol_whitelist": "file"}
+    try:
+        container = av.open(reader, format=format, metadata_errors="ignore", options=options)
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise SourceEnded(name, f"cannot open the stream as media ({error})") from error
+    try:
+        if check is not None:
+            check(container)
+        yield from _run(container, name, "network", cfg, False, DEFAULT_STALL_TIMEOUT_S, silent_ok, None)
+    finally:
+        container.close()
+
+
 def _run(container, source: str, kind: str, cfg: MirasolConfig, realtime: bool, stall_timeout: float,
          silent_ok: bool, until: float | None) -> Iterator[LiveChunk]:
     video = _pick_video(container, source)

@@ -10,11 +10,16 @@
     GET  /videos/{id}                   state and progress (chunks done / total); the chunk times when ready
     GET  /videos/{id}/chunks/{t}.png    the first frame of chunk t as the model saw it
     POST /videos/{id}/ask               {"question", "choices"?, "evidence"?, "modalities"?} -> answer, time,
-                                        per-chunk evidence, answers without audio / without video
+                                        per-chunk evidence, answers without audio / without video;
+                                        with a stream's id: the answer from what it has seen so far
+    POST /streams, GET /streams[/{id}], POST /streams/{id}/standing, GET /streams/{id}/events (SSE),
+    GET /streams/{id}/frame.png, DELETE /streams/{id}   live streams, where --allow-streams allows (streams.py)
     GET  /v1/models, POST /v1/chat/completions   the OpenAI-compatible chat endpoint (openai_api.py)
 
-Errors are JSON {"detail": message}: 401 (token), 404 (unknown id or example), 409 (still
-encoding), 413 (upload too large), 422 (not a usable video or question), 503 + Retry-After (busy);
+Errors are JSON {"detail": message}: 400 (streams off, or a URL the server cannot follow), 401
+(token), 403 (a stream URL --allow-streams does not allow), 404 (unknown id or example), 409 (still
+encoding; a stream with no chunk yet), 413 (upload too large), 422 (not a usable video or
+question), 503 + Retry-After (busy);
 under /v1/ they take OpenAI's shape {"error": {"message", "type", "param", "code"}}.
 """
 
@@ -23,12 +28,13 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Body, FastAPI, File, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from mirasol.serve import openai_api
 from mirasol.serve.page import PAGE
 from mirasol.serve.service import Busy, NotFound, NotReady, Service, UploadError
+from mirasol.serve.streams import STREAM_ID, AllowList, StreamRefused, Streams
 
 OPEN_PATHS = {"/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
@@ -42,6 +48,27 @@ class Question(BaseModel):
                                "had in training (see /info trained_on.families_with_answers)")
     max_new_tokens: int | None = Field(None, ge=1, le=64, description="free answers: at most this many "
                                        "tokens (default: the longest training answer's length)")
+    window: int | None = Field(None, ge=1, description="a stream's id only: answer from its last WINDOW chunks")
+
+
+class StreamRequest(BaseModel):
+    url: str = Field(..., max_length=2000, description="udp://, tcp:// or http(s):// URL the server's "
+                     "--allow-streams allows")
+    ask: list[str] = Field([], description="standing questions, answered every `every` seconds of video")
+    every: float | None = Field(None, gt=0, description="seconds of video between standing answers (default: a chunk)")
+    when: list[str] = Field([], description="'question=answer': an alert at the first chunk after which the "
+                            "question's answer is that")
+    window: int | None = Field(None, ge=1, description="the model attends to, and answers from, the last WINDOW "
+                               "chunks (default: the server's --window, else 120)")
+    stall_timeout: float | None = Field(None, description="seconds without data after which the stream is stalled "
+                                        "(default 10)")
+    silent: bool = Field(False, description="follow a stream without audio (the model hears silence)")
+
+
+class StandingRequest(BaseModel):
+    ask: list[str] = Field([], description="more standing questions")
+    every: float | None = Field(None, gt=0, description="new seconds of video between standing answers")
+    when: list[str] = Field([], description="more 'question=answer' alerts")
 
 
 class _TooLarge(Exception):
@@ -96,16 +123,19 @@ class BodyLimit:
 
 
 def create_app(service: Service, token: str | None = None, gradio: bool = False,
-               media_root: str | None = None) -> FastAPI:
+               media_root: str | None = None, allow_streams: AllowList | str | list[str] | None = None) -> FastAPI:
     """The app around a loaded service. With `token`, every route but the page, /health and the
     docs needs `Authorization: Bearer <token>` (or `?token=` on GET, for images on the page).
     `gradio`: also mount the Gradio page at /gradio (gradio_page.py) over the same service, where
     Gradio is installed; `app.state.gradio` (and /info's `pages`) says whether it was and why not.
     The Gradio page's own routes check the token by Gradio's login (the token is the password).
-    `media_root`: the folder whose files the chat endpoint may read by file:// URL (openai_api.py)."""
+    `media_root`: the folder whose files the chat endpoint may read by file:// URL (openai_api.py).
+    `allow_streams`: the live streams clients may start (streams.AllowList; default none: off)."""
     app = FastAPI(title="mirasol serve", version="1",
                   description="Ask a trained Mirasol3B model about a video: upload once, ask many times.")
     app.state.service = service
+    if allow_streams is not None or service.streams is None:
+        Streams(service, allow_streams if isinstance(allow_streams, AllowList) else AllowList(allow_streams))
     app.state.gradio = "not mounted: not asked for"
     gradio_prefix = None
 
@@ -135,6 +165,10 @@ def create_app(service: Service, token: str | None = None, gradio: bool = False,
     @app.exception_handler(NotFound)
     async def _not_found(request, exc: NotFound):
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(StreamRefused)
+    async def _stream_refused(request, exc: StreamRefused):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(NotReady)
     async def _not_ready(request, exc: NotReady):
@@ -190,8 +224,42 @@ def create_app(service: Service, token: str | None = None, gradio: bool = False,
 
     @app.post("/videos/{video_id}/ask")
     def ask(video_id: str, body: Question = Body(...)):
+        if STREAM_ID.match(video_id):
+            if body.family:
+                raise StreamRefused("family applies to videos only; give the choices instead", status=422)
+            return service.streams.ask(video_id, body.question, body.choices, body.window, body.max_new_tokens)
         return service.ask(video_id, body.question, body.choices, body.evidence, body.modalities,
                            body.max_new_tokens, body.family)
+
+    @app.post("/streams", status_code=202)
+    def start_stream(body: StreamRequest = Body(...)):
+        return service.streams.start(body.url, body.ask, body.every, body.when, body.window, body.stall_timeout,
+                                     body.silent)
+
+    @app.get("/streams")
+    def list_streams():
+        return {"streams": service.streams.summaries(), **service.streams.info()}
+
+    @app.get("/streams/{stream_id}")
+    def stream_state(stream_id: str):
+        return service.streams.get(stream_id).summary(timeline=True)
+
+    @app.post("/streams/{stream_id}/standing")
+    def add_standing(stream_id: str, body: StandingRequest = Body(...)):
+        return service.streams.add_standing(stream_id, body.ask, body.every, body.when)
+
+    @app.get("/streams/{stream_id}/events")
+    def stream_events(stream_id: str):
+        return StreamingResponse(service.streams.events(stream_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/streams/{stream_id}/frame.png", response_class=Response)
+    def stream_frame(stream_id: str):
+        return Response(service.streams.frame(stream_id), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.delete("/streams/{stream_id}")
+    def stop_stream(stream_id: str):
+        return service.streams.stop(stream_id)
 
     openai_api.register(app, service, media_root=media_root)
     if gradio:
@@ -226,7 +294,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None
           cache_dir: str | None = None, cache_bytes: int = 2 * 2**30, limits=None, window: int | None = None,
           examples: str | None = None, gradio: bool = True, log=None, media_root: str | None = None,
           batch_window_s: float | None = None, max_batch: int | None = None,
-          memory_cache_bytes: int | None = None) -> None:
+          memory_cache_bytes: int | None = None, allow_streams=None) -> None:
     """Load the run and serve the page and API until interrupted. Any address but the loopback
     needs a token (UsageError otherwise)."""
     import os
@@ -245,7 +313,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None
                                 ("memory_cache_bytes", memory_cache_bytes)) if v is not None}  # else Service's defaults
     service = Service(run, cache_dir, cache_bytes=cache_bytes, limits=limits, window=window, examples=examples,
                       **tuning)
-    app = create_app(service, token=token, gradio=gradio, media_root=media_root)
+    app = create_app(service, token=token, gradio=gradio, media_root=media_root, allow_streams=allow_streams)
     shown = f"[{host}]" if ":" in host else host
     if log is not None:
         print(f"mirasol serve: {run} on http://{shown}:{port}/ (API docs: /docs; latent cache: {cache_dir})"
@@ -253,4 +321,6 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, token: str | None
         print(f"mirasol serve: the Gradio page at /gradio: {app.state.gradio}"
               + (" (log in with any user name and the token as password)" if token and gradio
                  and app.state.gradio.startswith("mounted") else ""), file=log, flush=True)
+        print(f"mirasol serve: live streams: " + (f"allowed from {service.streams.allow}" if service.streams.allow
+              else "off (--allow-streams allows them)"), file=log, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -6,7 +6,8 @@
 The video is a `{"type": "video_url", "video_url": {"url": URL}}` content part; URL is one of
 
     data:video/...;base64,...   the file itself: the same upload path and size limit as POST /videos
-    mirasol://VIDEO_ID          a video uploaded before (the id POST /videos returned); the bare id too
+    mirasol://VIDEO_ID          a video uploaded before (the id POST /videos returned); the bare id too;
+                                or a live stream's id (POST /streams): answered from what it has seen so far
     file:///PATH                a file under the server's --media-root folder (off without one)
 
 and nothing else (no http fetching). The question is the text of the last user message (no text:
@@ -39,6 +40,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from mirasol.serve.batcher import prompt_tokens
 from mirasol.serve.latent_cache import KEY
 from mirasol.serve.service import Busy, NotFound, NotReady, Service, UploadError
+from mirasol.serve.streams import STREAM_ID, StreamRefused
 
 PREFIX = "/v1/"
 ENCODE_WAIT_S = 60.0
@@ -87,6 +89,8 @@ def _from_service_error(error: Exception) -> ChatError:
         return ChatError(404, str(error), type="not_found_error", param="messages", code="video_not_found")
     if isinstance(error, NotReady):
         return ChatError(409, str(error), param="messages", code="video_not_ready", retry_after=1)
+    if isinstance(error, StreamRefused):
+        return ChatError(error.status, str(error), param="messages", code="stream_not_answerable")
     raise error
 
 
@@ -238,11 +242,17 @@ def wait_ready(service: Service, video_id: str, wait_s: float) -> None:
 
 def complete(service: Service, chat: Chat, media_root: Path | None, wait_s: float) -> dict:
     """The answer to a checked chat request: {"answer", "finish_reason", "prompt_tokens", "completion_tokens"}."""
+    stream_id = chat.url[len(VIDEO_ID_SCHEME):] if chat.url.startswith(VIDEO_ID_SCHEME) else chat.url
     try:
-        video_id = submit_url(service, chat.url, media_root)
-        wait_ready(service, video_id, wait_s)
-        out = service.ask(video_id, chat.question, evidence=False, modalities=False, max_new_tokens=chat.max_tokens)
-    except (UploadError, Busy, NotFound, NotReady) as error:
+        if STREAM_ID.match(stream_id):
+            video_id = stream_id
+            out = service.streams.ask(stream_id, chat.question, max_new_tokens=chat.max_tokens)
+        else:
+            video_id = submit_url(service, chat.url, media_root)
+            wait_ready(service, video_id, wait_s)
+            out = service.ask(video_id, chat.question, evidence=False, modalities=False,
+                              max_new_tokens=chat.max_tokens)
+    except (UploadError, Busy, NotFound, NotReady, StreamRefused) as error:
         raise _from_service_error(error) from None
     prompt = len(prompt_tokens(service.model, service.tokenizer, out["question"]))
     return {"answer": out["answer"], "finish_reason": out["finish_reason"], "prompt_tokens": prompt,

@@ -6,6 +6,10 @@ answers with the audio removed and with the video removed, and a timeline under 
 frame per chunk (as the model saw it) with a bar of how much the answer rests on that chunk (the
 drop in log p(answer) when the decoder may not read it; see evidence.py). Clicking a chunk seeks
 the video there. With a token, open the page as /#token=TOKEN (the fragment never reaches a log).
+
+Below, a live stream (where the server's --allow-streams allows its URL): its latest frame, its
+chunk timeline growing, and the standing answers and alerts as they come (Server-Sent Events
+from /streams/{id}/events; streams.py).
 """
 
 PAGE = r"""<!doctype html>
@@ -28,6 +32,13 @@ button{padding:6px 14px;margin-top:8px;cursor:pointer}
 #answer{font-size:1.4em;font-weight:700;margin:.3em 0}
 .muted{color:#666;font-size:.9em}.error{color:#b00020}
 table{border-collapse:collapse}td{padding:2px 10px 2px 0}
+#stream-section{grid-column:1/-1}
+.row{display:flex;gap:16px;flex-wrap:wrap}.row>div{flex:1 1 260px}
+#stream-frame{width:192px;height:192px;image-rendering:pixelated;background:#000;border-radius:4px;display:block}
+#stream-timeline{display:flex;gap:1px;margin-top:8px;overflow-x:auto;min-height:26px}
+.tick{flex:0 0 10px;height:22px;background:#5b8c5a;border-radius:1px}.tick.alert{background:#e0873a}
+#stream-answers{max-height:220px;overflow-y:auto;font-size:.92em;padding-left:1.2em}
+#stream-answers .when{font-weight:700;color:#a04d00}
 </style></head><body>
 <header><b>mirasol</b> &middot; ask a video<span id="run"></span></header>
 <main>
@@ -53,6 +64,29 @@ table{border-collapse:collapse}td{padding:2px 10px 2px 0}
   </table>
   <div id="note" class="muted"></div><div id="error" class="error"></div>
 </section>
+<section id="stream-section" aria-label="live stream">
+  <div class="row">
+    <div>
+      <label for="stream-url">Follow a live stream</label>
+      <input id="stream-url" type="text" placeholder="udp://127.0.0.1:5000">
+      <label for="stream-ask">Standing question (optional)</label>
+      <input id="stream-ask" type="text" placeholder="what color is the object?">
+      <label for="stream-every">every (seconds of video)</label><input id="stream-every" type="text" value="2">
+      <label for="stream-when">Alert when (question=answer, optional)</label>
+      <input id="stream-when" type="text" placeholder="what color is the object?=red">
+      <button id="stream-start">Follow</button> <button id="stream-stop" disabled>Stop</button>
+      <button id="stream-ask-now" disabled>Ask the question now</button>
+      <div id="stream-note" class="muted"></div>
+    </div>
+    <div>
+      <img id="stream-frame" alt="the stream's latest frame">
+      <div id="stream-state" class="muted"></div>
+    </div>
+    <div><b>Standing answers</b><ol id="stream-answers"></ol></div>
+  </div>
+  <div id="stream-timeline" aria-label="chunks seen"></div>
+  <div id="stream-error" class="error"></div>
+</section>
 </main>
 <script>
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -73,6 +107,9 @@ async function init() {
     $("run").textContent = `${info.run}: ${info.preset || "custom"}, ${info.combiner} combiner, ${info.chunk_seconds} s chunks`;
     for (const name of info.trained_on.families_with_answers || []) { const o = document.createElement("option"); o.value = o.textContent = name; $("family").appendChild(o); }
     for (const name of info.examples) { const o = document.createElement("option"); o.value = o.textContent = name; $("example").appendChild(o); }
+    const allowed = (info.streams && info.streams.allowed) || [];
+    $("stream-note").textContent = allowed.length ? `this server may follow: ${allowed.join(", ")}` : "live streams are off on this server (its operator allows them with --allow-streams)";
+    $("stream-start").disabled = !allowed.length;
   } catch (e) { showError(e); }
 }
 async function waitReady(id) {
@@ -146,6 +183,56 @@ $("ask").addEventListener("click", async () => {
     drawTimeline(r.evidence);
   } catch (e) { $("answer").textContent = ""; showError(e); }
   $("ask").disabled = false;
+});
+let streamId = null, events = null;
+const withToken = (path) => path + (token ? (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : "");
+function streamState(s) {
+  $("stream-state").textContent = `${s.state}: ${s.video_seconds} s of video, ${s.chunks} chunks, ${s.dropped} dropped` + (s.lag_seconds === null || s.lag_seconds === undefined ? "" : `, ${s.lag_seconds.toFixed(2)} s behind`) + (s.reason ? ` (${s.reason})` : "");
+}
+$("stream-start").addEventListener("click", async () => {
+  $("stream-error").textContent = ""; $("stream-answers").innerHTML = ""; $("stream-timeline").innerHTML = "";
+  const ask = $("stream-ask").value.trim(), when = $("stream-when").value.trim(), every = parseFloat($("stream-every").value);
+  const body = {url: $("stream-url").value.trim(), ask: ask ? [ask] : [], when: when ? [when] : []};
+  if (every > 0) body.every = every;
+  try {
+    const s = await api("/streams", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    streamId = s.id; streamState(s); $("stream-stop").disabled = false; $("stream-ask-now").disabled = false;
+    if (events) events.close();
+    events = new EventSource(withToken(`/streams/${s.id}/events`));
+    events.addEventListener("chunk", (e) => {
+      const c = JSON.parse(e.data);
+      $("stream-frame").src = withToken(`/streams/${streamId}/frame.png?chunk=${c.index}`);
+      const t = document.createElement("div"); t.className = "tick"; t.dataset.index = c.index;
+      t.title = `chunk ${c.index}: ${c.start.toFixed(1)}-${c.end.toFixed(1)} s, ${c.lag_seconds.toFixed(2)} s behind`;
+      const line = $("stream-timeline"); line.appendChild(t);
+      while (line.children.length > 120) line.removeChild(line.firstChild);
+      line.scrollLeft = line.scrollWidth;
+      $("stream-state").textContent = `live: ${c.video_seconds} s of video, ${c.chunks} chunks, ${c.dropped} dropped, ${c.lag_seconds.toFixed(2)} s behind`;
+    });
+    events.addEventListener("answer", (e) => {
+      const a = JSON.parse(e.data);
+      const li = document.createElement("li");
+      if (a.kind === "when") {
+        li.className = "when";
+        li.textContent = `[${a.video_seconds} s] alert: ${a.question} -> ${a.answer} (chunk ${a.chunk}: ${a.chunk_start}-${a.chunk_end} s)`;
+        const tick = $("stream-timeline").querySelector(`[data-index="${a.chunk}"]`); if (tick) tick.classList.add("alert");
+      } else li.textContent = `[${a.video_seconds} s] ${a.question} -> ${a.answer || "(empty answer)"}`;
+      $("stream-answers").prepend(li);
+    });
+    events.addEventListener("end", (e) => { streamState(JSON.parse(e.data)); events.close(); $("stream-stop").disabled = true; });
+  } catch (e) { $("stream-error").textContent = e.message || String(e); }
+});
+$("stream-ask-now").addEventListener("click", async () => {
+  if (!streamId) return;
+  try {
+    const a = await api(`/videos/${streamId}/ask`, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({question: $("stream-ask").value})});
+    const li = document.createElement("li"); li.textContent = `[${a.video_seconds} s] asked: ${a.question || "(caption)"} -> ${a.answer || "(empty answer)"}`;
+    $("stream-answers").prepend(li);
+  } catch (e) { $("stream-error").textContent = e.message || String(e); }
+});
+$("stream-stop").addEventListener("click", async () => {
+  if (!streamId) return;
+  try { streamState(await api(`/streams/${streamId}`, {method: "DELETE"})); } catch (e) { $("stream-error").textContent = e.message || String(e); }
 });
 init();
 </script></body></html>

@@ -15,6 +15,12 @@ the decoding modules preloaded, never the server's threads or model), never in t
 - results come back as raw arrays over a pipe, checked against the shapes the model expects
   (never unpickled: a worker taken over by a hostile file cannot run code in the server).
 
+A live stream a client names is decoded here too (`Sandbox.live_chunks`): the server relays the
+stream's bytes, read without parsing them, over a pipe, and the worker demuxes and decodes them
+from that pipe (media/live.py's forward decoder), so the decoder never opens a connection and
+keeps the same limits, namespaces and chroot; its CPU limit is `stream_cpu_s`, as a stream runs
+for hours.
+
 A worker that crashes (a signal), hangs, passes a limit or fails in any way ends that upload with
 a reason (`SandboxError`, which the service answers as 422 / `failed: reason`); the server and
 every other upload go on. The model encoding stays in the server.
@@ -50,6 +56,7 @@ from mirasol.config import MirasolConfig
 from mirasol.errors import MirasolError
 from mirasol.media.chunk_reader import MediaChunk, iter_chunks
 from mirasol.media.decode import MediaError, decode_media
+from mirasol.media.live import LiveChunk, live_chunks_from
 
 log = logging.getLogger("mirasol.serve")
 
@@ -97,6 +104,7 @@ class SandboxLimits:
     cpu_s: int = 600  # CPU seconds of one worker (a probe, or the decoding of a whole video)
     wall_s: float = 60.0  # the longest wait for one reply (the probe, or the next chunk)
     probes: int = 2  # probes at once; an upload waits up to wall_s for a place, then Busy
+    stream_cpu_s: int = 24 * 3600  # CPU seconds of one live stream's decoder (the wall limit still holds per chunk)
 
 
 # --- the checks, run in the worker (or in-process without a sandbox) --------------------------------------
@@ -180,6 +188,45 @@ def _ffmpeg_reason(error: BaseException) -> str:
     return getattr(error, "strerror", None) or type(error).__name__
 
 
+class _Relayed:
+    """A live stream's bytes as the server relays them over a pipe: `read(n)` until the server
+    closes its end (b"" then: the stream's end)."""
+
+    def __init__(self, conn):
+        self.conn, self.buffer = conn, b""
+
+    def read(self, n: int) -> bytes:
+        while not self.buffer:
+            try:
+                self.buffer = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return b""
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+
+def _stream_check(max_side: int):
+    """Refuses a live stream in a container the decoder does not promise, or with frames too large."""
+
+    def check(container) -> None:
+        if not set(container.format.name.split(",")) & ALLOWED_FORMATS:
+            raise Refused(f"unsupported container {container.format.name!r}")
+        for stream in container.streams.video:
+            context = stream.codec_context
+            if context is not None and (context.width > max_side or context.height > max_side):
+                raise Refused(f"frames of {context.width}x{context.height} are larger than this server's limit of "
+                              f"{max_side}x{max_side} pixels")
+
+    return check
+
+
+def _live_decode(media, request: dict) -> Iterator[MediaChunk]:
+    chunks = live_chunks_from(_Relayed(media), request["name"], request["cfg"], format=request["format"],
+                              check=_stream_check(request["max_side"]), silent_ok=request["silent"])
+    for live in chunks:
+        yield live.chunk
+
+
 # --- the worker ------------------------------------------------------------------------------------------
 def _confine(jail: str) -> list[str]:
     """Limit this (single-threaded, just forked) process to reading `jail`; returns what held."""
@@ -248,7 +295,7 @@ def _memory_note(request: dict, reason: str, certain: bool = False) -> str:
     return reason
 
 
-def _worker(conn, request: dict) -> None:
+def _worker(conn, request: dict, media=None) -> None:
     """The worker's whole life: limit itself, check or decode the file, send the results, exit."""
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # a hostile file's FFmpeg messages do not reach the server's log
@@ -268,7 +315,9 @@ def _worker(conn, request: dict) -> None:
             facts = probe_file(path, cfg, request["max_side"], request["max_seconds"])
             _send(conn, {"kind": "facts", **facts, "cpu_s": _cpu_seconds()})
         else:
-            for chunk in iter_chunks(path, cfg, max_chunks=request["max_chunks"]):
+            chunks = (_live_decode(media, request) if request["op"] == "live"
+                      else iter_chunks(path, cfg, max_chunks=request["max_chunks"]))
+            for chunk in chunks:
                 _hook(request, f"segfault@{chunk.index}")
                 _hook(request, f"hang@{chunk.index}")
                 video = (chunk.video * 255).round_().to(torch.uint8).numpy()
@@ -364,10 +413,33 @@ class Sandbox:
         if not self.enabled:
             yield from iter_chunks(path, cfg, max_chunks=max_chunks)
             return
+        yield from self._chunks({"op": "decode", "max_chunks": max_chunks}, path, cfg)
+
+    def live_chunks(self, media, cfg: MirasolConfig, name: str, format: str | None, max_side: int,
+                    silent: bool = False, on_start=None) -> Iterator[LiveChunk]:
+        """A live stream's chunks, decoded in a worker from the bytes the server sends into `media`
+        (the read end of a `multiprocessing` pipe, handed to the worker; the caller closes its
+        write end at the stream's end). Ends with the worker's reason (SandboxError, Refused).
+        `on_start(pid)` is called with the worker's pid."""
+        if not self.enabled:
+            chunks = live_chunks_from(_Relayed(media), name, cfg, format=format, check=_stream_check(max_side),
+                                      silent_ok=silent)
+        else:
+            request = {"op": "live", "name": name, "format": format, "max_side": max_side, "silent": silent,
+                       "cpu_s": self.limits.stream_cpu_s}
+            chunks = (LiveChunk(chunk, time.time()) for chunk in self._chunks(request, None, cfg, media, on_start))
+        try:
+            yield from chunks
+        finally:
+            chunks.close()
+
+    def _chunks(self, request: dict, path: Path | None, cfg: MirasolConfig, media=None,
+                on_start=None) -> Iterator[MediaChunk]:
+        """The chunks a worker sends for `request`, checked and in order."""
         video_shape = (cfg.frames_per_chunk, 3, cfg.image_size, cfg.image_size)
         audio_shape = (cfg.n_mels, cfg.audio_frames_per_chunk)
-        replies = self._run({"op": "decode", "max_chunks": max_chunks}, path, cfg,
-                            sizes=(math.prod(video_shape), 4 * math.prod(audio_shape)))
+        replies = self._run(request, path, cfg, sizes=(math.prod(video_shape), 4 * math.prod(audio_shape)),
+                            media=media, on_start=on_start)
         try:
             expected = 0
             for header, payload in replies:
@@ -388,9 +460,9 @@ class Sandbox:
             replies.close()
 
     def _run(self, request: dict, path: Path | None, cfg: MirasolConfig | None = None,
-             sizes: tuple[int, int] = (0, 0)) -> Iterator[tuple[dict, bytes]]:
-        """Start a worker on `path` and yield its replies (header, raw bytes) until it errs or ends;
-        always leaves no worker and no jail behind."""
+             sizes: tuple[int, int] = (0, 0), media=None, on_start=None) -> Iterator[tuple[dict, bytes]]:
+        """Start a worker on `path` (or on the pipe `media`) and yield its replies (header, raw
+        bytes) until it errs or ends; always leaves no worker and no jail behind."""
         limits = self.limits
         jail = self.jails / f"{secrets.token_hex(12)}.jail"
         jail.mkdir(mode=0o700, parents=True)
@@ -402,15 +474,19 @@ class Sandbox:
                 except OSError:  # another file system (an example folder): a copy
                     shutil.copyfile(path, jail / JAIL_FILE)
             hook = os.environ.get(HOOK_ENV) if os.environ.get(TESTING_ENV) == "1" else None
-            request = {**request, "jail": str(jail), "cfg": cfg, "memory_mb": limits.memory_mb,
-                       "cpu_s": limits.cpu_s, "confine": self._confine, "hook": hook}
+            request = {"cpu_s": limits.cpu_s, **request, "jail": str(jail), "cfg": cfg,
+                       "memory_mb": limits.memory_mb, "confine": self._confine, "hook": hook}
             ctx = _context()
             receive, send = ctx.Pipe(duplex=False)
-            worker = ctx.Process(target=_worker, args=(send, request), name="mirasol-decoder", daemon=True)
+            worker = ctx.Process(target=_worker, args=(send, request, media), name="mirasol-decoder", daemon=True)
             worker.start()
             proc = worker
             send.close()
+            if media is not None:
+                media.close()  # the worker's end now
             self.workers[proc.pid] = proc
+            if on_start is not None:
+                on_start(proc.pid)
             most = 64 * 1024 + sum(sizes)
             while True:
                 if not receive.poll(limits.wall_s):

@@ -169,6 +169,7 @@ class Service:
         self.batcher = Batcher(self.model, self.tokenizer, self.model_lock, batch_window_s, max_batch)
         self.worker = threading.Thread(target=self._work, name="mirasol-encoder", daemon=True)
         self.worker.start()
+        self.streams = None  # live streams: streams.Streams attaches itself here (app.py makes one)
 
     # --- facts ------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -195,12 +196,14 @@ class Service:
             "limits": self.limits.to_dict(),
             "examples": sorted(self.examples),
             "decoder": self.sandbox.isolation,
+            "streams": self.streams.info() if self.streams is not None else {"allowed": []},
         }
 
     def health(self) -> dict:
         return {"status": "ok", "encoding_queue": self.queue.qsize(), "cached_videos": len(self.cache.keys()),
                 "worker_alive": self.worker.is_alive(), "videos_encoded": self.cache.writes,
-                "cache_hits": self.cache.hits, "batching": self.batcher.stats()}
+                "cache_hits": self.cache.hits, "batching": self.batcher.stats(),
+                "streams_followed": self.streams.running() if self.streams is not None else 0}
 
     # --- uploads ----------------------------------------------------------------------------
     def new_upload_path(self) -> Path:

@@ -51,6 +51,8 @@ CLAIMS = (
           "reference", 1),
     Claim("curriculum", "8 s clips first, then 32 s clips, beat 32 s clips throughout (the recipe of "
           "docs/streaming.md)", "curriculum", "reference", 1),
+    Claim("counting", "chunk differences in the recipe help (counting colour changes needs them)", "counting",
+          "curriculum", 1),
 )
 
 

@@ -31,7 +31,8 @@ def _toy(out, **kw) -> GridSettings:
 
 @pytest.mark.slow
 def test_quick_grid_runs_every_row_and_resumes(tmp_path):
-    settings = _toy(tmp_path / "grid", results=tmp_path / "results")
+    assert "counting" not in GridSettings(tmp_path).variants  # a row with its own budget: named to run
+    settings = _toy(tmp_path / "grid", results=tmp_path / "results", variants=tuple(VARIANTS))
     summary = run_grid(settings)
     shared = {p.name for p in settings.results.iterdir()}
     assert shared == {f"{name}-seed0-steps2.json" for name in VARIANTS}

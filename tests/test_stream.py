@@ -33,10 +33,11 @@ def perturb(cfg, video, audio, chunks):
     return video, audio
 
 
+@pytest.mark.parametrize("chunk_delta", [False, True])
 @pytest.mark.parametrize("window", [None, 2])
 @pytest.mark.parametrize("combiner", COMBINERS)
-def test_stream_latents_equal_batch_after_every_chunk(combiner, window):
-    cfg, model, video, audio = setup(combiner)
+def test_stream_latents_equal_batch_after_every_chunk(combiner, window, chunk_delta):
+    cfg, model, video, audio = setup(combiner, chunk_delta=chunk_delta)
     session = model.stream(max_context_chunks=window)
     with torch.no_grad():
         for t, (v, a) in enumerate(chunks_of(cfg, video, audio)):

@@ -72,8 +72,9 @@ class Variant:
     overrides: tuple[str, ...] = ()
     world: str = "long"  # long | short (the 8 s cut)
     whole: bool = False  # evaluate by streaming the whole 32 s clip
-    then_long: bool = False  # curriculum: after the short world, steps / 2 more on the long one
+    then_long: float = 0.0  # curriculum: after the short world, this fraction of steps more on the long one
     controls: tuple[str, ...] = ()
+    default: bool = True  # in the grid unless --variants names the rows
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -91,14 +92,17 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             whole=True),
     Variant("contrastive", "reference + audio-video InfoNCE", ("model.av_contrastive_weight=0.1",)),
     Variant("curriculum", "8 s clips, then 32 s clips (steps / 2)", ("model.num_chunks=8",), world="short",
-            whole=True, then_long=True),
+            whole=True, then_long=0.5),
+    Variant("counting", "chunk differences (model.chunk_delta); 8 s clips, then 32 s clips (steps / 4)",
+            ("model.num_chunks=8", "model.chunk_delta=true"), world="short", whole=True, then_long=0.25,
+            default=False),  # its own budget: --variants counting --steps 6000
 )}
 
 
 @dataclass
 class GridSettings:
     out: Path
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = tuple(name for name, v in VARIANTS.items() if v.default)
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 1000
     clips: int = 600  # per world: 80 % train, 10 % val (unused), 10 % test
@@ -114,6 +118,16 @@ class GridSettings:
 
 
 QUESTIONS_PER_CLIP = 8  # the long world asks 8 questions about every clip
+
+
+def long_steps(variant: Variant, steps: int) -> int:
+    """Steps of a curriculum's second phase, on the long clips (0 for other rows)."""
+    return int(steps * variant.then_long)
+
+
+def long_phase(variant: Variant) -> Variant:
+    """A curriculum's second phase: the row's own settings on the long clips."""
+    return Variant("long", "", tuple(o for o in variant.overrides if not o.startswith("model.num_chunks=")))
 
 
 def quick_settings(out: str | os.PathLike) -> GridSettings:
@@ -209,8 +223,8 @@ def _run_one(job: dict) -> dict:
         if done_steps < settings.steps:
             train(run_cfg, str(world / "train.jsonl"), None, run / "train", resume=resume, progress=False)
         if variant.then_long:  # second phase: the same run goes on over the long clips
-            long_cfg = run_config_for(Variant("long", "", ()), settings, seed)
-            long_cfg.train.max_steps = settings.steps + settings.steps // 2
+            long_cfg = run_config_for(long_phase(variant), settings, seed)
+            long_cfg.train.max_steps = settings.steps + long_steps(variant, settings.steps)
             train(long_cfg, str(Path(worlds["long"]) / "train.jsonl"), None, run / "train", resume=True,
                   progress=False)
         train_seconds = time.perf_counter() - started
@@ -236,13 +250,13 @@ def _run_one(job: dict) -> dict:
     flops = model_flops(cfg, TEXT_LEN, QUESTIONS_PER_CLIP)["train"]
     total = flops * settings.steps * run_cfg.train.batch_size
     if variant.then_long:  # FLOPs per sample: the mean over both phases' samples
-        long_flops = model_flops(run_config_for(Variant("long", "", ()), settings, seed).model, TEXT_LEN,
-                                 QUESTIONS_PER_CLIP)["train"]
-        total += long_flops * (settings.steps // 2) * run_cfg.train.batch_size
-        flops = total / ((settings.steps + settings.steps // 2) * run_cfg.train.batch_size)
+        long_flops = model_flops(run_config_for(long_phase(variant), settings, seed).model,
+                                 TEXT_LEN, QUESTIONS_PER_CLIP)["train"]
+        total += long_flops * long_steps(variant, settings.steps) * run_cfg.train.batch_size
+        flops = total / ((settings.steps + long_steps(variant, settings.steps)) * run_cfg.train.batch_size)
     result = {
         "variant": variant.name, "seed": seed, "overrides": list(variant.overrides) + list(settings.extra),
-        "steps": settings.steps + (settings.steps // 2 if variant.then_long else 0), "budget": settings.steps,
+        "steps": settings.steps + long_steps(variant, settings.steps), "budget": settings.steps,
         "settings": grid_settings(settings), "batch": run_cfg.train.batch_size,
         "train_flops_per_sample": flops, "train_flops": total,
         "parameters": Mirasol(cfg).num_parameters()["total"],
@@ -305,7 +319,7 @@ def run_grid(settings: GridSettings) -> dict:
     for path in sorted((settings.out / "runs").glob("*/seed*/result.json")):
         earlier = json.loads(path.read_text())
         if earlier["variant"] in VARIANTS and "budget" not in earlier:  # written before budgets were recorded
-            earlier["budget"] = round(earlier["steps"] / 1.5) if VARIANTS[earlier["variant"]].then_long else earlier["steps"]
+            earlier["budget"] = round(earlier["steps"] / (1 + VARIANTS[earlier["variant"]].then_long))
         if ((earlier["variant"], earlier["seed"]) not in seen and earlier["variant"] in VARIANTS
                 and budget_of(earlier) == settings.steps):
             results.append(earlier)

@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {GridSettings.steps})")
     p.add_argument("--clips", type=int, default=None, help=f"clips per world (default: {GridSettings.clips})")
     p.add_argument("--variants", default=None, help=f"comma-separated subset of the rows: {', '.join(VARIANTS)} "
-                   "(default: all)")
+                   "(default: all but counting, which has its own budget: --variants counting --steps 6000)")
     p.add_argument("--jobs", type=int, default=None, help=f"runs trained at once (default: {GridSettings.jobs})")
     p.add_argument("--threads", type=int, default=None,
                    help=f"torch threads per run (default: {GridSettings.threads})")

@@ -83,6 +83,10 @@ class MirasolConfig:
     latent_loss: str = "mse"  # mse | cosine
     latent_loss_weight: float = 1.0
     mask_ratio: float = 0.0  # fraction of combiner outputs replaced by a mask token in training
+    # Each chunk's AV-model input also carries a small MLP of its difference from the previous chunk's
+    # combiner output: what changed between neighbouring chunks (a colour change, an onset) becomes a
+    # per-chunk feature, which the decoder can count like any other event (benchmarks/counting.md).
+    chunk_delta: bool = False
     # Audio-video contrastive loss (InfoNCE) between each chunk's pooled video and audio tokens,
     # negatives = every other chunk of every clip in the batch; weight 0 = off (no extra weights).
     av_contrastive_weight: float = 0.0

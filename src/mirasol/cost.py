@@ -72,6 +72,8 @@ def media_flops(cfg: MirasolConfig) -> dict[str, float]:
     else:
         combiner = t * cfg.combiner_layers * _block(nv + na + m, d, r)
     av = cfg.av_layers * _block(t * m, d, r) + 2 * 2 * (t - 1) * m * d * d
+    if cfg.chunk_delta:  # the difference MLP (two d x d layers) on every chunk token
+        av += 2 * 2 * t * m * d * d
     memory_kv = cfg.text_layers * 2 * t * m * 2 * d * cfg.text_dim
     return {"video": video, "audio": audio, "combiner": combiner, "av_model": av, "memory_kv": memory_kv}
 

@@ -51,6 +51,8 @@ CLAIMS = (
           "reference", 1),
     Claim("curriculum", "8 s clips first, then 32 s clips, beat 32 s clips throughout (the recipe of "
           "docs/streaming.md)", "curriculum", "reference", 1),
+    Claim("counting", "chunk differences in the recipe help (counting colour changes needs them)", "counting",
+          "curriculum", 1),
 )
 
 
@@ -232,7 +234,11 @@ def rows_table(summary: dict, families: list[str] | None = None, short: bool = F
     """The rows as a markdown table: overall mean ± sd and its 95 % interval, the families, costs;
     `reports` keeps only the rows of those reports ("test", "shuffle", ...)."""
     rows = {k: r for k, r in summary["rows"].items() if reports is None or r["report"] in reports}
-    families = families or list(dict.fromkeys(f for r in rows.values() for f in r["families"]))
+    if not families:  # the long world's order first (reports list families alphabetically)
+        from mirasol.corpora.long_world import FAMILIES
+
+        found = list(dict.fromkeys(f for r in rows.values() for f in r["families"]))
+        families = [f for f in FAMILIES if f in found] + [f for f in found if f not in FAMILIES]
     prior = summary["answer_prior"]
     head = ["row", "seeds", "all (mean ± sd)", "95 % interval", *families]
     head += ["GFLOP/sample", "train s (mean)"] if short else ["GFLOP/sample (train)", "training TFLOP", "parameters",

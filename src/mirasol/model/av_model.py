@@ -1,7 +1,8 @@
 """The audio-video autoregressive model: a transformer over the T x m chunk tokens in which a
 token sees every token of its own chunk and of earlier chunks (block-causal), plus the latent
 prediction loss (chunk t predicts chunk t+1's combiner features) and random masking of the
-combiner outputs during training."""
+combiner outputs during training. With `chunk_delta`, chunk t's input also carries an MLP of
+z_t - z_(t-1) (zero for the first chunk), so the stream needs only the previous chunk's z."""
 
 from __future__ import annotations
 
@@ -47,9 +48,18 @@ class AVModel(nn.Module):
         self.latent_loss_kind = cfg.latent_loss
         self.token_pos = nn.Parameter(torch.randn(self.m, d) * EMBED_STD)  # position within the chunk
         self.mask_token = nn.Parameter(torch.zeros(d))
+        self.delta = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)) if cfg.chunk_delta else None
         self.blocks = nn.ModuleList(Block(d, cfg.av_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.av_layers))
         self.norm = nn.LayerNorm(d)
         self.predictor = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+    def add_delta(self, z: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """z [B, T, m, D] (+ MLP of each chunk's difference from the one before; `previous` [B, m, D]
+        is the chunk before z's first, None at the start of a video)."""
+        if self.delta is None:
+            return z
+        before = torch.cat([z[:, :1] if previous is None else previous[:, None], z[:, :-1]], dim=1)
+        return z + self.delta(z - before)
 
     def embed(self, z: torch.Tensor, first_chunk: int = 0) -> torch.Tensor:
         """Add chunk-index (sinusoidal, from `first_chunk` on) and within-chunk positions."""
@@ -65,19 +75,21 @@ class AVModel(nn.Module):
         if self.training and self.mask_ratio > 0:
             drop = torch.rand(b, t, m, 1, device=z.device) < self.mask_ratio
             x = torch.where(drop, self.mask_token.to(x.dtype), x)
-        x = self.embed(x).reshape(b, t * m, d)
+        x = self.embed(self.add_delta(x)).reshape(b, t * m, d)
         mask = block_causal_mask(t, m, z.device, check_window(window))
         for block in self.blocks:
             x = block(x, mask=mask)
         return self.norm(x).reshape(b, t, m, d)
 
-    def step(self, z: torch.Tensor, index: int, caches: list[dict], window: int | None = None) -> torch.Tensor:
+    def step(self, z: torch.Tensor, index: int, caches: list[dict], window: int | None = None,
+             previous: torch.Tensor | None = None) -> torch.Tensor:
         """One chunk of a stream: z [B, m, D] is chunk number `index`; `caches` (one dict per
         block) hold the keys/values of earlier chunks and grow by this one. -> latents [B, m, D].
         Its tokens see all cached chunks and each other, which is exactly the block-causal mask.
         With `window` W the caches are trimmed to the last W - 1 chunks afterwards, so memory stays
-        bounded; the next chunk then sees the same keys as under the windowed mask of `forward`."""
-        x = self.embed(z[:, None], first_chunk=index)[:, 0]
+        bounded; the next chunk then sees the same keys as under the windowed mask of `forward`.
+        `previous`: the combiner output of chunk index - 1 (used with chunk_delta)."""
+        x = self.embed(self.add_delta(z[:, None], previous), first_chunk=index)[:, 0]
         for block, cache in zip(self.blocks, caches):
             x = block(x, cache=cache)
             if window is not None:

@@ -36,6 +36,7 @@ class MediaStream:
         self.state = None  # the combiner's (TTM memory), created at the first push
         self.batch: int | None = None
         self.chunks = 0  # chunks pushed so far
+        self.previous = None  # the last chunk's combiner output (the AV model's chunk_delta input)
         self._latents: list[torch.Tensor] = []
         self.keep_latents = check_window(keep_latents)
 
@@ -53,7 +54,8 @@ class MediaStream:
         new = []
         for i in range(tokens.shape[1]):
             z, self.state = self.model.combiner.step(tokens[:, i], self.state)
-            h = self.model.av_model.step(z, self.chunks, self.caches, self.window)
+            h = self.model.av_model.step(z, self.chunks, self.caches, self.window, self.previous)
+            self.previous = z
             self._latents.append(h)
             if self.keep_latents is not None and len(self._latents) > self.keep_latents:
                 del self._latents[0]

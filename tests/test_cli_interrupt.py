@@ -102,8 +102,11 @@ def ctrl_c(args, ready, timeout=120.0) -> subprocess.CompletedProcess:
     """Run `python -m mirasol.cli ARGS` in a process group of its own; once ready() holds, send
     SIGINT to the whole group, as a terminal's Ctrl-C does."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # SIGINT back to its default in the child: a runner that started the tests in the background
+    # (`cmd &` without job control) passes SIGINT on as ignored, which no terminal would
     proc = subprocess.Popen([sys.executable, "-m", "mirasol.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

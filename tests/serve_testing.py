@@ -34,8 +34,9 @@ def run(tmp_path_factory):
     return make_serve_run(tmp_path_factory.mktemp("serve_run"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A free port on 127.0.0.1 (TCP, or UDP with kind=socket.SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

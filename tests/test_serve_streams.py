@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -182,7 +183,7 @@ def test_a_stream_is_decoded_in_the_sandbox_and_answered_as_watch_answers(run, c
 
 def test_a_udp_stream_pushes_events_while_it_plays_and_delete_stops_it(clip, service, client):
     _, data = clip
-    port = free_port_udp()
+    port = free_port(socket.SOCK_DGRAM)
     r = client.post("/streams", json={"url": f"udp://127.0.0.1:{port}", "ask": [QUESTION]})
     sid = r.json()["id"]
     sender = TsSender(data, SECONDS, "udp", port=port, speed=1, then="loop")
@@ -208,14 +209,6 @@ def test_a_udp_stream_pushes_events_while_it_plays_and_delete_stops_it(clip, ser
     times = [d["video_seconds"] for n, d in events if n == "answer"]
     assert len(times) >= 3 and times == sorted(times) and len(set(times)) == len(times)
     assert events[-1][0] == "end" and events[-1][1]["state"] == "stopped"
-
-
-def free_port_udp() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("then, state, words", [("close", "ended", "the source closed the connection"),
@@ -263,7 +256,7 @@ def test_ffmpeg_udp_stream(clip, client):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (apt-get install ffmpeg); TsSender covers UDP without it")
     mp4, _ = clip
-    port = free_port_udp()
+    port = free_port(socket.SOCK_DGRAM)
     sid = client.post("/streams", json={"url": f"udp://127.0.0.1:{port}", "ask": [QUESTION], "every": 2,
                                         "stall_timeout": 2}).json()["id"]
     time.sleep(0.5)
@@ -336,7 +329,7 @@ def test_the_stream_on_the_page_in_a_real_browser(clip, live_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     _, data = clip
-    udp = free_port_udp()
+    udp = free_port(socket.SOCK_DGRAM)
     sender = TsSender(data, SECONDS, "udp", port=udp, then="loop")
     try:
         with sync_playwright() as p:

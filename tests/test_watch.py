@@ -29,6 +29,7 @@ from mirasol.media.live import live_chunks, source_kind
 from mirasol.run_config import load_run_config
 from mirasol.run_dir import write_run_files
 from mirasol.watch import EXIT_ENDED, EXIT_NO_AUDIO, EXIT_STALLED, parse_when, watch
+from serve_testing import free_port
 
 SECONDS = 12
 QUESTION = "what color is the object?"
@@ -63,12 +64,6 @@ def tiny_cfg(run) -> MirasolConfig:
 
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the forward decoder -------------------------------------------------------------------------
@@ -150,7 +145,7 @@ def test_udp_stream_played_by_ffmpeg(run, world, capsys):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (apt-get install ffmpeg); scripts/test.sh installs it where it can")
     _, mp4, _, _ = world
-    port = free_port()
+    port = free_port(socket.SOCK_DGRAM)
     sender = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-i", str(mp4), "-c", "copy",
                                "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], stdin=subprocess.DEVNULL)
     try:

@@ -27,7 +27,7 @@ def test_core_imports_and_builds_without_transformers():
             "from mirasol.run_config import load_run_config\n"
             "try:\n    load_run_config('tiny', ['model.text_backbone=/x'])\n"
             "except Exception as e:\n    print(e)\n")
-    env = {**os.environ, "PYTHONPATH": SRC}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "hf" in result.stdout and "pip install" in result.stdout  # names the extra to install
@@ -190,7 +190,8 @@ def test_video_and_audio_backbones_keep_chunks_causal(vit, whisper):
 
 
 def _cli(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "mirasol.cli", *args], capture_output=True, text=True, env=env)
 
 

@@ -4,6 +4,7 @@ No timing assertions (the machine may be busy)."""
 import json
 
 import pytest
+import torch
 
 from mirasol import MirasolConfig
 from mirasol import perf as bench
@@ -23,7 +24,7 @@ def test_generate_smoke():
 
 def test_step_smoke():
     r = bench.bench_step(batch_sizes=(2,), combiners=("transformer", "ttm"), repeats=1, warmup=0, quiet=True,
-                         questions_per_clip=(1, 2, 4))
+                         questions_per_clip=(1, 2, 4), device="cpu")
     assert set(r["results"]) == {"transformer/b2/k1", "transformer/b2/k2", "ttm/b2/k1", "ttm/b2/k2"}  # 4 skipped
     for v in r["results"].values():
         for key in ("median_s", "min_s", "samples_per_s", "batch", "combiner", "parameters"):
@@ -37,10 +38,31 @@ def test_step_smoke():
     json.dumps(r)
 
 
-def test_memory_plan_table_and_cpu_check():
+def test_step_keeps_going_past_a_batch_that_does_not_fit(monkeypatch):
+    """A batch that runs out of memory becomes a row saying so; the other batches are still timed."""
+    from mirasol.perf import model_speed
+
+    real = model_speed._train_step
+
+    def step(model, optimizer, batch, bf16=False):
+        if batch["input_ids"].shape[0] == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, optimizer, batch, bf16)
+
+    monkeypatch.setattr(model_speed, "_train_step", step)
+    r = bench.bench_step(batch_sizes=(2, 4), combiners=("transformer",), repeats=1, warmup=1, quiet=True,
+                         questions_per_clip=(1,), device="cpu")
+    assert r["results"]["transformer/b4/k1"]["error"] == "out of memory"
+    assert "median_s" not in r["results"]["transformer/b4/k1"]
+    assert r["results"]["transformer/b2/k1"]["samples_per_s"] > 0
+
+
+def test_memory_plan_table_and_cpu_check(monkeypatch):
     """The plan's table for tiny, and the plan against the measured peak of a CPU step (fp32): the
     measured peak was within 6 % of the plan at batch 8 and 32 (benchmarks/README.md), also with the
-    model sharded by FSDP over a group of one."""
+    model sharded by FSDP over a group of one. A GPU is hidden, so that the check is the CPU's there too."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = bench.bench_memory(presets=("tiny",), gpus=(1, 2), batch_per_gpu=4, check=(("tiny", 8, "ddp", False),
                            ("tiny", 8, "fsdp", True)), quiet=True)
     assert len(r["plans"]) == 2 * 2 * 2  # strategies x GPU counts x activation checkpointing

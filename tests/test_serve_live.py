@@ -66,9 +66,9 @@ def screenshot(page, shot: Path) -> None:
 def test_the_page_in_a_real_browser(server, media, tmp_path):
     """Headless Chromium opens the page, uploads a video, asks, reads the answer and the timeline,
     then picks an example; a screenshot is saved in the test's tmp folder."""
+    exe = chromium()  # first: it skips where Playwright or Chromium is missing
     from playwright.sync_api import expect, sync_playwright
 
-    exe = chromium()
     long, example = media.file("long"), media.file("fits")
     n = long.facts.tiny_chunks()  # 11
     with sync_playwright() as p:
@@ -248,9 +248,9 @@ def test_the_gradio_page_in_a_real_browser(server, media, tmp_path):
     then picks an example; nothing is loaded from anywhere but the server. Screenshot in tmp."""
     import re
 
+    exe = chromium()  # first: it skips where Playwright or Chromium is missing
     from playwright.sync_api import expect, sync_playwright
 
-    exe = chromium()
     info = httpx.get(server["url"] + "/info").json()
     if not info["pages"]["/gradio"].startswith("mounted"):
         pytest.skip(f"the Gradio page is {info['pages']['/gradio']}")

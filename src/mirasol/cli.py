@@ -172,9 +172,12 @@ def cmd_bench(args) -> int:
         options["questions_per_clip"] = tuple(int(k) for k in args.questions_per_clip.split(","))
     if args.precision:
         options["precision"] = args.precision
+    if args.compile:
+        options["compile"] = True
     preset_only = args.what in ("serve", "watch") and set(options) == {"preset"}
     if options and args.what not in ("step", "all") and not preset_only:
-        raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision apply to `bench step` only "
+        raise UsageError("--preset/--batch/--combiner/--questions-per-clip/--precision/--compile apply to `bench step` "
+                         "only "
                          "(and --preset to `bench serve` and `bench watch`)")
     run(args.what, args.out, options)
     return 0
@@ -538,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions-per-clip", default=None, help="step: comma-separated (default: 1,4)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="step: auto = bf16 on a GPU, fp32 on the CPU")
+    p.add_argument("--compile", action="store_true", help="step: run the forward through torch.compile "
+                   "(as train.compile; compilation falls in the warm-up)")
 
     # --debug is accepted after the command too; SUPPRESS keeps the top-level value when it is absent
     for p in sub.choices.values():

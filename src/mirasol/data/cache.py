@@ -331,7 +331,7 @@ def prepare(manifests: Sequence[str | os.PathLike], out: str | os.PathLike, cfg:
         "samples": len(samples),
         "samples_usable": sum(clip_key(s.video, s.start, s.end) in cache.index for s in samples),
     }
-    tmp = Path(out) / "report.json.tmp"
+    tmp = Path(out) / f"report.json.{os.getpid()}.tmp"  # two processes may ready one store at once
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
     tmp.replace(Path(out) / "report.json")
     return report

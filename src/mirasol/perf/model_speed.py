@@ -23,12 +23,13 @@ from mirasol.perf.common import _train_step, device_peak_tflops, measure, print_
 def bench_step(batch_sizes=(8, 32), combiners=COMBINERS, preset: str = "tiny",
                repeats: int = 5, warmup: int = 2, overrides: dict | None = None, quiet: bool = False,
                questions_per_clip=(1, 4), device: str = "auto", precision: str = "auto",
-               text_len: int = 24) -> dict:
+               text_len: int = 24, compile: bool = False) -> dict:
     """Forward + backward + AdamW step time per (combiner, batch size, questions per clip);
     samples (text rows) per second; model FLOPs per sample counted analytically
     (`mirasol.cost.model_flops`: 3x the forward's matmul FLOPs) and the FLOP/s they make; on a GPU
     whose bf16 peak is known, MFU = achieved model FLOP/s / peak. Questions per clip k: the batch's
-    rows ask about batch / k clips, each encoded once (`train.questions_per_clip`)."""
+    rows ask about batch / k clips, each encoded once (`train.questions_per_clip`). `compile`: the
+    forward runs through torch.compile (as `train.compile`); compiling falls in the warm-up steps."""
     from mirasol.cost import model_flops
     from mirasol.train.optim import adamw_kernel
 
@@ -41,6 +42,7 @@ def bench_step(batch_sizes=(8, 32), combiners=COMBINERS, preset: str = "tiny",
     for combiner in combiners:
         cfg = MirasolConfig.preset(preset, combiner=combiner, **(overrides or {}))
         model = Mirasol(cfg).to(dev).train()
+        forward = torch.compile(model) if compile else model
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_kernel(dev))  # as in training
         for bs in batch_sizes:
             for k in questions_per_clip:
@@ -48,12 +50,22 @@ def bench_step(batch_sizes=(8, 32), combiners=COMBINERS, preset: str = "tiny",
                     continue
                 name = f"{combiner}/b{bs}/k{k}"
                 batch = {key: v.to(dev) for key, v in random_batch(cfg, bs, text_len, questions_per_clip=k).items()}
-                variants[name] = (lambda m=model, o=optimizer, b=batch: _train_step(m, o, b, bf16))
+                variants[name] = (lambda m=forward, o=optimizer, b=batch: _train_step(m, o, b, bf16))
                 meta[name] = {"combiner": combiner, "batch": bs, "questions_per_clip": k,
                               "parameters": model.num_parameters()["total"],
                               "flops_per_sample": model_flops(cfg, text_len, k)["train"]}
-    times = measure(variants, repeats, warmup)
     rows = []
+    for name in list(variants):  # a batch that does not fit is a row of the table, not the end of the run
+        try:
+            variants[name]()
+        except torch.OutOfMemoryError:
+            del variants[name]
+            meta[name]["error"] = "out of memory"
+            rows.append([meta[name]["combiner"], meta[name]["batch"], meta[name]["questions_per_clip"],
+                         "out of memory", "-", "-", meta[name]["flops_per_sample"] / 1e9, "-", "-"])
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    times = measure(variants, repeats, max(0, warmup - 1))  # the trial above was the first warm-up
     for name, t in times.items():
         r = meta[name]
         r.update(t)
@@ -64,13 +76,14 @@ def bench_step(batch_sizes=(8, 32), combiners=COMBINERS, preset: str = "tiny",
                      r["samples_per_s"], r["flops_per_sample"] / 1e9, r["model_tflops_per_s"],
                      f"{100 * r['mfu']:.1f} %" if peak else "-"])
     result = {"preset": preset, "overrides": overrides or {}, "repeats": repeats, "warmup": warmup,
-              "text_len": text_len, "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+              "text_len": text_len, "compile": compile,
+              "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
               "precision": "bf16" if bf16 else "fp32", "peak_bf16_tflops": peak,
               "flops_note": "model FLOPs per sample = 3 x forward matmul FLOPs (mirasol.cost.model_flops); "
                             "recomputation is not counted", "results": meta}
     if not quiet:
-        print_table(f"step: {preset} preset, forward + backward + AdamW on {result['device']}, {result['precision']} "
-                    f"(median of {repeats})",
+        print_table(f"step: {preset} preset, forward + backward + AdamW on {result['device']}, {result['precision']}"
+                    f"{', torch.compile' if compile else ''} (median of {repeats})",
                     ["combiner", "batch", "questions/clip", "median ms", "min ms", "samples/s", "GFLOP/sample",
                      "TFLOP/s", "MFU"], rows)
         if not peak:

@@ -65,6 +65,27 @@ def test_quick_grid_runs_every_row_and_resumes(tmp_path):
     assert again["resumed"] is True
 
 
+def test_sweep_rows_change_one_thing_each(tmp_path):
+    """The chunk-count rows fix either the total latents (256) or the tokens per chunk (8), over the
+    same 64 frames; the latent-loss and masking sweeps change only their one setting."""
+    from mirasol.ablate import run_config_for
+
+    settings = GridSettings(tmp_path)
+    cfgs = {name: run_config_for(VARIANTS[name], settings, 0).model for name in VARIANTS}
+    for name, chunks, tokens in (("reference", 32, 8), ("chunks_16", 16, 16), ("chunks_8", 8, 32),
+                                 ("chunks_16_m8", 16, 8), ("chunks_8_m8", 8, 8)):
+        cfg = cfgs[name]
+        assert (cfg.num_chunks, cfg.combiner_tokens) == (chunks, tokens), name
+        assert cfg.num_chunks * cfg.frames_per_chunk == 64, name
+    assert {n: cfgs[n].latent_loss_weight for n in ("no_latent", "reference", "latent_1.0")} == {
+        "no_latent": 0.0, "reference": 0.1, "latent_1.0": 1.0}
+    assert [cfgs[n].mask_ratio for n in ("reference", "mask_0.25", "mask_0.5", "mask_0.75")] == [0, 0.25, 0.5, 0.75]
+    ref = cfgs["reference"].to_dict()
+    for name, key in (("latent_1.0", "latent_loss_weight"), ("mask_0.25", "mask_ratio"), ("mask_0.5", "mask_ratio")):
+        assert {k for k, v in cfgs[name].to_dict().items() if ref[k] != v} == {key}, name
+    assert not any(VARIANTS[n].default for n in ("latent_1.0", "mask_0.25", "mask_0.5", "chunks_8_m8", "chunks_16_m8"))
+
+
 def test_summary_means_and_deviations():
     def result(seed, acc):
         by_type = {"a": {"n": 4, "accuracy": acc, "answer_prior": 0.25}}

@@ -39,6 +39,16 @@ questions per step, changed only where its row says:
     contrastive   the reference plus an audio-video InfoNCE loss between each chunk's pooled video
                   and audio tokens (model.av_contrastive_weight = 0.1, temperature 0.1)
 
+Rows of the sweeps, run when --variants names them (the default grid leaves them out):
+
+    latent_1.0    latent loss weight 1.0 (the sweep 0 / 0.1 / 1.0 with no_latent and the reference)
+    mask_0.25, mask_0.5
+                  25 % and 50 % of the combiner outputs masked (0 / 0.25 / 0.5 / 0.75)
+    chunks_8_m8, chunks_16_m8
+                  8 x 4 s and 16 x 2 s chunks with the reference's m = 8 tokens per chunk (64 and 128
+                  latent tokens in all): the chunk count with tokens per chunk fixed, where chunks_8
+                  and chunks_16 fix the total latents (256)
+
 At test time only, the reference is also scored with the audio zeroed (silence), the video zeroed
 (black), both zeroed (the question alone) and the chunks shuffled (eval/controls.py).
 """
@@ -93,6 +103,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("contrastive", "reference + audio-video InfoNCE", ("model.av_contrastive_weight=0.1",)),
     Variant("curriculum", "8 s clips, then 32 s clips (steps / 2)", ("model.num_chunks=8",), world="short",
             whole=True, then_long=0.5),
+    Variant("latent_1.0", "latent loss weight 1.0", ("model.latent_loss_weight=1.0",), default=False),
+    Variant("mask_0.25", "combiner outputs masked 0.25", ("model.mask_ratio=0.25",), default=False),
+    Variant("mask_0.5", "combiner outputs masked 0.5", ("model.mask_ratio=0.5",), default=False),
+    Variant("chunks_8_m8", "8 x 4 s chunks, m = 8 (64 latents)",
+            ("model.num_chunks=8", "model.frames_per_chunk=8", "model.combiner_tokens=8"), default=False),
+    Variant("chunks_16_m8", "16 x 2 s chunks, m = 8 (128 latents)",
+            ("model.num_chunks=16", "model.frames_per_chunk=4", "model.combiner_tokens=8"), default=False),
     Variant("counting", "chunk differences (model.chunk_delta); 8 s clips, then 32 s clips (steps / 4)",
             ("model.num_chunks=8", "model.chunk_delta=true"), world="short", whole=True, then_long=0.25,
             default=False),  # its own budget: --variants counting --steps 6000

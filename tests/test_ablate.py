@@ -21,7 +21,7 @@ from mirasol.errors import UsageError  # noqa: E402
 from mirasol.eval.claims import render_blocks, write_result  # noqa: E402
 from mirasol.cli import main  # noqa: E402
 from mirasol.eval.controls import perturb_chunks, perturb_media  # noqa: E402
-from mirasol.media.features import SILENCE  # noqa: E402
+from mirasol.media.features import SILENCE, whisper_log_mel  # noqa: E402
 
 
 def _toy(out, **kw) -> GridSettings:
@@ -195,8 +195,15 @@ def test_controls_keep_each_chunk_whole():
     v, a, _ = perturb_media(video, audio, mask, cfg, "zero_video")
     assert torch.all(v == 0) and torch.equal(a, audio)
     chunks = [(video[0, 2 * i: 2 * i + 2], audio[0, :, 100 * i: 100 * (i + 1)]) for i in range(6)]
-    shuffled = perturb_chunks(chunks, "shuffle", torch.Generator().manual_seed(1))
+    shuffled = perturb_chunks(chunks, "shuffle", cfg, torch.Generator().manual_seed(1))
     assert [float(c[1][0, 0]) for c in shuffled] == [float(c[0][0, 0, 0, 0] * 10) for c in shuffled]
+    assert all(torch.all(a == SILENCE) for _, a in perturb_chunks(chunks, "zero_audio", cfg))
+    # silence is the value an all-zero input takes in the model's own audio features
+    whisper = MirasolConfig.preset("tiny", num_chunks=6, audio_features="whisper")
+    quiet = whisper_log_mel(torch.zeros(16000), whisper)
+    _, a, _ = perturb_media(video, audio, mask, whisper, "zero_audio")
+    assert torch.all(a == quiet.flatten()[0]) and torch.all(quiet == quiet.flatten()[0])
+    assert all(torch.all(a == quiet.flatten()[0]) for _, a in perturb_chunks(chunks, "zero_media", whisper))
     with pytest.raises(ValueError):
         perturb_media(video, audio, mask, cfg, "bogus")
 

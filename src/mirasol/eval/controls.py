@@ -1,7 +1,8 @@
 """Test-time controls: what a trained model answers when part of its input is taken away.
 
     none        the media as decoded
-    zero_audio  every log-mel frame set to the value of silence (media.features.SILENCE)
+    zero_audio  every audio feature set to the value of silence (media.features.silence_value: log-mel's
+                or Whisper's, as the model's audio_features)
     zero_video  every frame black (0)
     zero_media  both: the decoder's guess from the question alone
     shuffle     the time chunks put in a random order (the same order for video and audio, so each
@@ -18,7 +19,7 @@ import torch
 
 from mirasol.choices import MEDIA_CONTROLS
 from mirasol.config import MirasolConfig
-from mirasol.media.features import SILENCE
+from mirasol.media.features import silence_value
 from mirasol.model.chunks import split_chunks
 
 
@@ -34,7 +35,7 @@ def perturb_media(video: torch.Tensor, audio: torch.Tensor, chunk_mask: torch.Te
     """-> (video, audio, chunk_mask) with the control `kind` applied (new tensors; inputs untouched)."""
     kind = check_control(kind)
     if kind in ("zero_audio", "zero_media"):
-        audio = torch.full_like(audio, SILENCE)
+        audio = torch.full_like(audio, silence_value(cfg))
     if kind in ("zero_video", "zero_media"):
         video = torch.zeros_like(video)
     if kind == "shuffle":
@@ -50,14 +51,14 @@ def perturb_media(video: torch.Tensor, audio: torch.Tensor, chunk_mask: torch.Te
     return video, audio, chunk_mask
 
 
-def perturb_chunks(chunks: list[tuple[torch.Tensor, torch.Tensor]], kind: str | None,
+def perturb_chunks(chunks: list[tuple[torch.Tensor, torch.Tensor]], kind: str | None, cfg: MirasolConfig,
                    generator: torch.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same controls on a stream's chunks [(video [f, 3, S, S], audio [n_mels, a])]."""
     kind = check_control(kind)
     out = []
     for video, audio in chunks:
         if kind in ("zero_audio", "zero_media"):
-            audio = torch.full_like(audio, SILENCE)
+            audio = torch.full_like(audio, silence_value(cfg))
         if kind in ("zero_video", "zero_media"):
             video = torch.zeros_like(video)
         out.append((video, audio))

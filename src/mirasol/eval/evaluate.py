@@ -126,7 +126,7 @@ def _answer_whole(model, tokenizer, stats, samples, window, media, generator, de
                 print(f"skipping {video}: {err}", file=sys.stderr)
                 continue
             session = model.stream(max_context_chunks=window)
-            for v, a in perturb_chunks(chunks, media, generator):
+            for v, a in perturb_chunks(chunks, media, model.cfg, generator):
                 session.push(v[None].to(device), a[None].to(device))
             batch_samples = [samples[i] for i in index]
             answers = answer_from_stream(model, tokenizer, stats, session, batch_samples, device)

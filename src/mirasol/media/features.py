@@ -165,6 +165,11 @@ def whisper_log_mel(waveform, cfg: MirasolConfig, num_frames: int | None = None)
     return torch.log10(mel.clamp(min=WHISPER_FLOOR))
 
 
+def silence_value(cfg: MirasolConfig) -> float:
+    """The value every feature of an all-zero input takes, for the audio features cfg asks for."""
+    return WHISPER_SILENCE if cfg.audio_features == "whisper" else SILENCE
+
+
 def audio_features(waveform, cfg: MirasolConfig, num_frames: int | None = None) -> torch.Tensor:
     """The audio features cfg asks for: `log_mel` (ours) or Whisper's raw log10 mel."""
     if cfg.audio_features == "whisper":

@@ -457,8 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{','.join(map(str, GridSettings.seeds))})")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {GridSettings.steps})")
     p.add_argument("--clips", type=int, default=None, help=f"clips per world (default: {GridSettings.clips})")
+    sweeps = ", ".join(name for name, v in VARIANTS.items() if not v.default and name != "counting")
     p.add_argument("--variants", default=None, help=f"comma-separated subset of the rows: {', '.join(VARIANTS)} "
-                   "(default: all but counting, which has its own budget: --variants counting --steps 6000)")
+                   f"(default: all but the sweep rows {sweeps}, and counting, which has its own budget: "
+                   "--variants counting --steps 6000)")
     p.add_argument("--jobs", type=int, default=None, help=f"runs trained at once (default: {GridSettings.jobs})")
     p.add_argument("--threads", type=int, default=None,
                    help=f"torch threads per run (default: {GridSettings.threads})")

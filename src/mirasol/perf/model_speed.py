@@ -54,20 +54,22 @@ def bench_step(batch_sizes=(8, 32), combiners=COMBINERS, preset: str = "tiny",
                 meta[name] = {"combiner": combiner, "batch": bs, "questions_per_clip": k,
                               "parameters": model.num_parameters()["total"],
                               "flops_per_sample": model_flops(cfg, text_len, k)["train"]}
-    rows = []
     for name in list(variants):  # a batch that does not fit is a row of the table, not the end of the run
         try:
             variants[name]()
         except torch.OutOfMemoryError:
             del variants[name]
             meta[name]["error"] = "out of memory"
-            rows.append([meta[name]["combiner"], meta[name]["batch"], meta[name]["questions_per_clip"],
-                         "out of memory", "-", "-", meta[name]["flops_per_sample"] / 1e9, "-", "-"])
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     times = measure(variants, repeats, max(0, warmup - 1))  # the trial above was the first warm-up
-    for name, t in times.items():
-        r = meta[name]
+    rows = []
+    for name, r in meta.items():
+        if name not in times:
+            rows.append([r["combiner"], r["batch"], r["questions_per_clip"], r["error"], "-", "-",
+                         r["flops_per_sample"] / 1e9, "-", "-"])
+            continue
+        t = times[name]
         r.update(t)
         r["samples_per_s"] = r["batch"] / t["median_s"]
         r["model_tflops_per_s"] = r["samples_per_s"] * r["flops_per_sample"] / 1e12

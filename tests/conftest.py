@@ -6,6 +6,7 @@ decodable file of each source, one test per file)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,14 @@ SLOW_TIMEOUT_S = 1800
 # Runs of the command line in a subprocess: one CPU thread and no GPU, so that equalities between
 # runs are those of the CPU's fp32 kernels on any machine.
 CPU_RUN = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def pytest_configure(config):
+    # pytest-xdist workers share the cores: each gets its part, or torch's default (every core per
+    # worker) oversubscribes the machine and the tests that keep pace with a live stream fall behind it.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(autouse=True)

@@ -83,7 +83,16 @@ def test_sweep_rows_change_one_thing_each(tmp_path):
     ref = cfgs["reference"].to_dict()
     for name, key in (("latent_1.0", "latent_loss_weight"), ("mask_0.25", "mask_ratio"), ("mask_0.5", "mask_ratio")):
         assert {k for k, v in cfgs[name].to_dict().items() if ref[k] != v} == {key}, name
-    assert not any(VARIANTS[n].default for n in ("latent_1.0", "mask_0.25", "mask_0.5", "chunks_8_m8", "chunks_16_m8"))
+    assert not any(VARIANTS[n].default for n in ("latent_1.0", "mask_0.25", "mask_0.5", "chunks_8_m8", "chunks_16_m8",
+                                                 "curriculum_no_latent", "curriculum_ttm"))
+    # the curriculum's rows differ from it in their one setting, in both phases
+    from mirasol.ablate import long_phase
+
+    cur = cfgs["curriculum"].to_dict()
+    for name, key in (("curriculum_no_latent", "latent_loss_weight"), ("curriculum_ttm", "combiner")):
+        assert VARIANTS[name].then_long == VARIANTS["curriculum"].then_long and VARIANTS[name].world == "short"
+        assert {k for k, v in cfgs[name].to_dict().items() if cur[k] != v} == {key}, name
+        assert len(long_phase(VARIANTS[name]).overrides) == len(long_phase(VARIANTS["curriculum"]).overrides) + 1
 
 
 def test_summary_means_and_deviations():

@@ -48,6 +48,9 @@ Rows of the sweeps, run when --variants names them (the default grid leaves them
                   8 x 4 s and 16 x 2 s chunks with the reference's m = 8 tokens per chunk (64 and 128
                   latent tokens in all): the chunk count with tokens per chunk fixed, where chunks_8
                   and chunks_16 fix the total latents (256)
+    curriculum_no_latent, curriculum_ttm
+                  the curriculum with the latent loss off, or with the TTM combiner: two claims
+                  tested on the recipe users are told to follow as well as on the reference
 
 At test time only, the reference is also scored with the audio zeroed (silence), the video zeroed
 (black), both zeroed (the question alone) and the chunks shuffled (eval/controls.py).
@@ -110,6 +113,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             ("model.num_chunks=8", "model.frames_per_chunk=8", "model.combiner_tokens=8"), default=False),
     Variant("chunks_16_m8", "16 x 2 s chunks, m = 8 (128 latents)",
             ("model.num_chunks=16", "model.frames_per_chunk=4", "model.combiner_tokens=8"), default=False),
+    Variant("curriculum_no_latent", "curriculum, no latent loss", ("model.num_chunks=8", "model.latent_loss_weight=0"),
+            world="short", whole=True, then_long=0.5, default=False),
+    Variant("curriculum_ttm", "curriculum, TTM combiner", ("model.num_chunks=8", "model.combiner=ttm"),
+            world="short", whole=True, then_long=0.5, default=False),
     Variant("counting", "chunk differences (model.chunk_delta); 8 s clips, then 32 s clips (steps / 4)",
             ("model.num_chunks=8", "model.chunk_delta=true"), world="short", whole=True, then_long=0.25,
             default=False),  # its own budget: --variants counting --steps 6000

@@ -60,6 +60,10 @@ CLAIMS = (
           "reference", 1),
     Claim("curriculum", "8 s clips first, then 32 s clips, beat 32 s clips throughout (the recipe of "
           "docs/streaming.md)", "curriculum", "reference", 1),
+    Claim("curriculum_latent_loss", "on the curriculum: the autoregressive latent loss helps", "curriculum",
+          "curriculum_no_latent", 1),
+    Claim("curriculum_combiner", "on the curriculum: the combiner matters (TTM against the Transformer)",
+          "curriculum_ttm", "curriculum", 0),
     Claim("counting", "chunk differences in the recipe help (counting colour changes needs them)", "counting",
           "curriculum", 1),
 )

@@ -64,7 +64,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -90,6 +90,15 @@ class Variant:
     default: bool = True  # in the grid unless --variants names the rows
 
 
+CURRICULUM = Variant("curriculum", "8 s clips, then 32 s clips (steps / 2)", ("model.num_chunks=8",), world="short",
+                     whole=True, then_long=0.5)
+
+
+def on_curriculum(name: str, about: str, override: str) -> Variant:
+    """A sweep row of the curriculum: its schedule and settings with one more override."""
+    return replace(CURRICULUM, name=name, about=about, overrides=(*CURRICULUM.overrides, override), default=False)
+
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("reference", "32 x 1 s chunks, Transformer combiner, latent loss", controls=CONTROLS),
     Variant("ttm", "TTM combiner", ("model.combiner=ttm",)),
@@ -104,8 +113,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("short_train", "trained on 8 s clips, streamed whole", ("model.num_chunks=8",), world="short",
             whole=True),
     Variant("contrastive", "reference + audio-video InfoNCE", ("model.av_contrastive_weight=0.1",)),
-    Variant("curriculum", "8 s clips, then 32 s clips (steps / 2)", ("model.num_chunks=8",), world="short",
-            whole=True, then_long=0.5),
+    CURRICULUM,
     Variant("latent_1.0", "latent loss weight 1.0", ("model.latent_loss_weight=1.0",), default=False),
     Variant("mask_0.25", "combiner outputs masked 0.25", ("model.mask_ratio=0.25",), default=False),
     Variant("mask_0.5", "combiner outputs masked 0.5", ("model.mask_ratio=0.5",), default=False),
@@ -113,10 +121,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             ("model.num_chunks=8", "model.frames_per_chunk=8", "model.combiner_tokens=8"), default=False),
     Variant("chunks_16_m8", "16 x 2 s chunks, m = 8 (128 latents)",
             ("model.num_chunks=16", "model.frames_per_chunk=4", "model.combiner_tokens=8"), default=False),
-    Variant("curriculum_no_latent", "curriculum, no latent loss", ("model.num_chunks=8", "model.latent_loss_weight=0"),
-            world="short", whole=True, then_long=0.5, default=False),
-    Variant("curriculum_ttm", "curriculum, TTM combiner", ("model.num_chunks=8", "model.combiner=ttm"),
-            world="short", whole=True, then_long=0.5, default=False),
+    on_curriculum("curriculum_no_latent", "curriculum, no latent loss", "model.latent_loss_weight=0"),
+    on_curriculum("curriculum_ttm", "curriculum, TTM combiner", "model.combiner=ttm"),
     Variant("counting", "chunk differences (model.chunk_delta); 8 s clips, then 32 s clips (steps / 4)",
             ("model.num_chunks=8", "model.chunk_delta=true"), world="short", whole=True, then_long=0.25,
             default=False),  # its own budget: --variants counting --steps 6000

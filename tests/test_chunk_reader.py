@@ -110,6 +110,34 @@ def test_sparse_keyframes_any_chunk_equals_the_whole_decode(sparse_keyframes):
     assert late.seek_fallback == (sparse_keyframes.suffix == ".ts")  # mp4's index finds the keyframe
 
 
+def test_a_file_that_cannot_seek_is_read_once(tmp_path, monkeypatch):
+    """30 s of MPEG-TS with a single keyframe: no seek finds a decodable frame, so chunk by chunk
+    every chunk would be decoded from the start of the file. After the first such fallback the rest
+    is read forward in one pass: two calls of decode_media instead of 30, and the chunks are still
+    the whole decode's, also from a later start."""
+    path = write_sparse_keyframes(tmp_path / "one_keyframe.ts", seconds=30.0)
+    cfg = tiny()
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[2] if len(args) > 2 else kwargs.get("start"))
+        return decode_media(*args, **kwargs)
+
+    monkeypatch.setattr(stream_module, "decode_media", counted)
+    chunks = list(iter_chunks(path, cfg))
+    assert len(chunks) == 30 / cfg.chunk_seconds and len(calls) == 2
+    assert_matches_whole(path, cfg, chunks)
+    whole = load_clip(path, cfg.replace(num_chunks=len(chunks)))
+    f, a = cfg.frames_per_chunk, cfg.audio_frames_per_chunk
+    t0 = round(20 / cfg.chunk_seconds)
+    later = list(iter_chunks(path, cfg, start=t0 * cfg.chunk_seconds, max_chunks=3))
+    assert [c.index for c in later] == [0, 1, 2]
+    assert [c.start for c in later] == pytest.approx([(t0 + i) * cfg.chunk_seconds for i in range(3)])
+    assert torch.equal(torch.cat([c.video for c in later]), whole.video[t0 * f:(t0 + 3) * f])
+    assert (torch.cat([c.audio for c in later], dim=1) - whole.audio[:, t0 * a:(t0 + 3) * a]).abs().max() <= 1e-4
+    assert all(c.duration == chunks[0].duration for c in later)
+
+
 def test_sparse_keyframes_uniform_samples_the_same_frames(sparse_keyframes):
     """'uniform' over 6 s in 2 chunks of 2 frames samples 0.75, 2.25, 3.75 and 5.25 s, far enough
     apart to seek between them: the frames a 'start' decode at 2 fps shows at those times."""

@@ -7,7 +7,10 @@ Chunk t covers seconds [start + t * chunk_seconds, start + (t + 1) * chunk_secon
 Each is decoded on its own by `decode_media` with a one-chunk config (it seeks to the chunk and
 decodes only up to its end), so memory is bounded by a few chunks whatever the file's length:
 the chunk being returned, the next one (read ahead for its first audio samples) and the last few
-milliseconds of the previous one.
+milliseconds of the previous one. Where seeking does not work (a file without an index or with
+sparse keyframes, such as a long MPEG-TS recording: decode_media's seek_fallback), decoding each
+chunk from further back would cost time quadratic in the file's length, so the rest of the file
+is then read forward in one pass by the live decoder (media/live.py), whose chunks are the same.
 
 The frames are those `load_clip` samples over the whole video (frame i of chunk t shows time
 t * chunk_seconds + (i + 0.5) / fps). The audio features (cfg.audio_features, as load_clip computes
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,11 +82,18 @@ def iter_chunks(path: str | os.PathLike, cfg: MirasolConfig, start: float = 0.0,
             return None
         return media
 
+    skip = round(start / seconds)  # chunks of the file before `start`, when it is on a chunk edge
+    forward_ok = end is None and abs(start - skip * seconds) < 1e-9
     side = context_samples(cfg)  # audio context on each side
     previous_tail = np.zeros(side, dtype=np.float32)  # silence before the first chunk, as in load_clip
     current, t = decode(0), 0
     while current is not None:
         following = decode(t + 1)
+        if forward_ok and following is not None and following.seek_fallback:
+            # Seeking does not work in this file (no index, sparse keyframes): every later chunk would
+            # be decoded from further back, at last from the start (quadratic in the file's length).
+            yield from _read_forward(path, cfg, skip, t, max_chunks, current.duration)
+            return
         head = following.waveform[:side] if following is not None else np.zeros(side, dtype=np.float32)
         wave = np.concatenate([previous_tail, current.waveform, head])
         audio = chunk_features(wave, cfg)
@@ -93,3 +103,20 @@ def iter_chunks(path: str | os.PathLike, cfg: MirasolConfig, start: float = 0.0,
                          valid_seconds=valid, has_audio=current.has_audio, duration=current.duration)
         previous_tail = current.waveform[-side:]
         current, t = following, t + 1
+
+
+def _read_forward(path, cfg: MirasolConfig, skip: int, first: int, max_chunks: int | None,
+                  duration: float | None) -> Iterator[MediaChunk]:
+    """Chunks `first`, `first` + 1, ... (counted from chunk `skip` of the file) read front to back in
+    one pass by the live decoder, whose chunks equal these (media/live.py)."""
+    from mirasol.media.live import live_chunks  # (live.py imports MediaChunk from here)
+
+    try:
+        for live in live_chunks(os.fspath(path), cfg, follow=False, silent_ok=True):
+            t = live.chunk.index - skip
+            if max_chunks is not None and t >= max_chunks:
+                return
+            if t >= first:
+                yield replace(live.chunk, index=t, duration=duration)
+    except MediaError:
+        return  # as chunk by chunk: the chunks end where the file cannot be decoded any further

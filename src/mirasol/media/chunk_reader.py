@@ -24,33 +24,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import numpy as np
 
 from mirasol.config import MirasolConfig
+from mirasol.media.clip import MediaChunk
 from mirasol.media.decode import DecodedMedia, MediaError, decode_media
 from mirasol.media.features import chunk_features, context_samples
-
-if TYPE_CHECKING:
-    import torch
-
-
-@dataclass
-class MediaChunk:
-    index: int  # t: the chunk's place in the stream
-    start: float  # seconds from the start of the file
-    video: "torch.Tensor"  # [frames_per_chunk, 3, S, S] float32 in [0, 1]
-    audio: "torch.Tensor"  # [n_mels, audio_frames_per_chunk] features (cfg.audio_features)
-    valid_seconds: float  # real content from `start` (less than chunk_seconds only in the last chunk)
-    has_audio: bool
-    duration: float | None  # of the file, when the container records it
-
-    @property
-    def end(self) -> float:
-        return self.start + self.valid_seconds
-
+from mirasol.media.live import live_chunks
 
 def iter_chunks(path: str | os.PathLike, cfg: MirasolConfig, start: float = 0.0,
                 end: float | None = None, max_chunks: int | None = None) -> Iterator[MediaChunk]:
@@ -109,8 +91,6 @@ def _read_forward(path, cfg: MirasolConfig, skip: int, first: int, max_chunks: i
                   duration: float | None) -> Iterator[MediaChunk]:
     """Chunks `first`, `first` + 1, ... (counted from chunk `skip` of the file) read front to back in
     one pass by the live decoder, whose chunks equal these (media/live.py)."""
-    from mirasol.media.live import live_chunks  # (live.py imports MediaChunk from here)
-
     try:
         for live in live_chunks(os.fspath(path), cfg, follow=False, silent_ok=True):
             t = live.chunk.index - skip

@@ -40,6 +40,23 @@ class Clip:
     audio_seconds: float  # real audio from the window start (0 without audio)
 
 
+@dataclass
+class MediaChunk:
+    """One time chunk of a file, as a stream feeds it (chunk_reader.iter_chunks, live.live_chunks)."""
+
+    index: int  # t: the chunk's place in the stream
+    start: float  # seconds from the start of the file
+    video: "torch.Tensor"  # [frames_per_chunk, 3, S, S] float32 in [0, 1]
+    audio: "torch.Tensor"  # [n_mels, audio_frames_per_chunk] features (cfg.audio_features)
+    valid_seconds: float  # real content from `start` (less than chunk_seconds only in the last chunk)
+    has_audio: bool
+    duration: float | None  # of the file, when the container records it
+
+    @property
+    def end(self) -> float:
+        return self.start + self.valid_seconds
+
+
 def count_valid_chunks(valid_seconds: float, cfg: MirasolConfig) -> int:
     """Chunks that hold real content: a chunk counts when the real content reaches its first video
     sample time (half a frame slot into it), so the few milliseconds of padding that codecs add at

@@ -43,7 +43,7 @@ import av
 import numpy as np
 
 from mirasol.config import MirasolConfig
-from mirasol.media.chunk_reader import MediaChunk
+from mirasol.media.clip import MediaChunk
 from mirasol.media.decode import (_AUDIO_JITTER_S, MediaError, NoAudioError, _MonoResampler, _pick_video,
                                   _seconds, _square_image)
 from mirasol.media.features import chunk_features, context_samples

@@ -54,7 +54,8 @@ import torch
 
 from mirasol.config import MirasolConfig
 from mirasol.errors import MirasolError
-from mirasol.media.chunk_reader import MediaChunk, iter_chunks
+from mirasol.media.chunk_reader import iter_chunks
+from mirasol.media.clip import MediaChunk
 from mirasol.media.decode import MediaError, decode_media
 from mirasol.media.live import LiveChunk, live_chunks_from
 

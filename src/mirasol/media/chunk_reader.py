@@ -34,6 +34,7 @@ from mirasol.media.decode import DecodedMedia, MediaError, decode_media
 from mirasol.media.features import chunk_features, context_samples
 from mirasol.media.live import live_chunks
 
+
 def iter_chunks(path: str | os.PathLike, cfg: MirasolConfig, start: float = 0.0,
                 end: float | None = None, max_chunks: int | None = None) -> Iterator[MediaChunk]:
     """Yield the chunks of `path` from `start` (seconds) to `end` (default: the end of the file), as
